@@ -1,0 +1,98 @@
+"""Run configuration: one typed, validated pydantic model loaded from TOML and flags.
+
+Precedence: built-in defaults < preset/TOML file (``--config``) < command-line flags. The resolved
+config is saved with each run (``<atlas>/_runs/<run_id>/config.json``) and its hash is part of
+every artifact's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.confidence import ConfidencePolicy
+from pipeline.errors import ConfigError
+from pipeline.ingest import IngestPolicy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    name: Literal["esmfold", "esmfold-tiny"] = "esmfold"
+    weights: str | None = Field(None, description="Local HF directory or s3:// prefix with the weights")
+    weights_sha256: str | None = Field(None, description="Expected SHA-256 of the weights directory")
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    num_recycles: int | None = Field(None, ge=0)
+    chunk_size: int | None = Field(None, ge=1)
+
+
+class PlanConfig(_Strict):
+    unit_max_residues: int = Field(8000, ge=1, description="Residues per work unit (= per shard)")
+    unit_max_sequences: int = Field(1000, ge=1)
+    max_tokens_per_batch: int = Field(4096, ge=1, description="Padded tokens per model batch")
+    max_batch_size: int = Field(64, ge=1)
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
+    fold_actors: int = Field(1, ge=1)
+    fold_cpus: float = Field(1.0, gt=0, description="CPUs per fold actor (GPU runs: per GPU actor)")
+    fold_gpus: float | None = Field(None, ge=0, description="GPUs per fold actor; None: 1 if GPUs exist")
+    write_actors: int = Field(1, ge=1)
+    write_cpus: float = Field(0.5, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per fold actor")
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    ingest: IngestPolicy = IngestPolicy()
+    plan: PlanConfig = PlanConfig()
+    confidence: ConfidencePolicy = ConfidencePolicy()
+    ray: RayConfig = RayConfig()
+    is_reference_proteome: bool | None = Field(
+        None, description="Value for entries.isReferenceProteome (unknown from FASTA alone)"
+    )
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then ``overrides`` (nested dict of flag values, None = unset)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"Config file {path} not found") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"Config file {path} is not valid TOML: {e}") from e
+    clean = {k: {kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v
+             for k, v in (overrides or {}).items() if v is not None}
+    data = _deep_merge(data, clean)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"Invalid configuration:\n{e}", hint="See docs/configuration.md for every key.") from e
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True)

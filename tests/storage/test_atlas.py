@@ -1,0 +1,59 @@
+"""Atlas layout and publish protocol on a local directory."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from pipeline.errors import AtlasError
+from storage.atlas import Atlas, write_parquet
+from storage.query import connect, view_sql
+from storage.schema import TABLES
+
+
+def test_empty_atlas_is_queryable_by_plain_duckdb(tmp_path):
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    con = duckdb.connect()
+    for table, schema in TABLES.items():
+        rel = con.sql(f"SELECT * FROM read_parquet('{tmp_path}/atlas/{table}/*.parquet')")
+        assert rel.columns == schema.names
+        assert rel.fetchall() == []
+
+
+def test_views_and_schema_metadata(tmp_path):
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    con = connect(atlas.root)
+    cols = [r[0] for r in con.execute("DESCRIBE entries").fetchall()]
+    assert cols[:2] == ["allVersions", "entryId"] and "globalMetricValue" in cols and "run_id" in cols
+    assert "read_parquet" in view_sql(atlas.root)
+
+
+def test_lock_is_exclusive(tmp_path):
+    atlas = Atlas(tmp_path / "atlas")
+    with atlas.locked():
+        with pytest.raises(AtlasError, match="Another run"):
+            with Atlas(tmp_path / "atlas").locked():
+                pass
+    with atlas.locked():  # released
+        pass
+
+
+def test_publish_is_a_rename_and_replaces_same_name(tmp_path):
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    staged = atlas.staging_dir("r1") / "structures" / "u1.parquet"
+    table = TABLES["rejects"].empty_table()
+    write_parquet(table, staged, {"run_id": "r1"})
+    final = atlas.publish_file(staged, "structures", "u1.parquet")
+    assert final.exists() and not staged.exists()
+    write_parquet(table, staged, {"run_id": "r2"})  # a retried unit publishes the same name again
+    atlas.publish_file(staged, "structures", "u1.parquet")
+    assert sorted(p.name for p in atlas.table_dir("structures").iterdir()) == ["schema.parquet", "u1.parquet"]
+    assert atlas.clean_staging() == 1 and not atlas.staging_dir("r1").exists()
+
+
+def test_s3_atlas_is_a_clear_error(tmp_path):
+    with pytest.raises(AtlasError, match="S3"):
+        Atlas("s3://bucket/atlas")
