@@ -48,7 +48,8 @@ class RayConfig(_Strict):
     fold_gpus: float | None = Field(None, ge=0, description="GPUs per fold actor; None: 1 if GPUs exist")
     write_actors: int = Field(1, ge=1)
     write_cpus: float = Field(0.5, gt=0)
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per fold actor")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per fold actor; default: the node's cores / fold_actors")
 
 
 class RunConfig(_Strict):

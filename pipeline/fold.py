@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,13 +38,9 @@ def is_oom(exc: BaseException) -> bool:
     """True for CUDA/CPU out-of-memory errors, whatever wrapper torch used."""
     if isinstance(exc, MemoryError):
         return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
+    torch_oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if torch_oom is not None and isinstance(exc, torch_oom):
+        return True
     text = str(exc).lower()
     return "out of memory" in text or "cuda error: out of memory" in text or "can't allocate memory" in text
 
@@ -70,13 +67,9 @@ def cut_batches(lengths: Sequence[int], settings: FoldSettings) -> list[list[int
 
 def _release_memory() -> None:
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_output(pred: Prediction) -> str | None:

@@ -13,6 +13,9 @@ from typing import Any
 from storage.atlas import Atlas
 from storage.schema import TABLES
 
+# AlphaFold DB's BigQuery table holds what our `entries` view holds; its name works as an alias.
+AFDB_TABLE = "metadata"
+
 
 def view_sql(atlas_root: str | Path) -> str:
     atlas = Atlas(atlas_root)
@@ -22,7 +25,38 @@ def view_sql(atlas_root: str | Path) -> str:
         stmts.append(
             f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name = true);"
         )
+    stmts.append(f"CREATE OR REPLACE VIEW {AFDB_TABLE} AS SELECT * FROM entries;")
     return "\n".join(stmts)
+
+
+def translate(sql: str, dialect: str = "duckdb") -> str:
+    """SQL of another dialect as DuckDB SQL, with AFDB's BigQuery table mapped to ``entries``.
+
+    ``dialect="bigquery"`` lets queries written for AlphaFold DB's BigQuery ``metadata`` table
+    (``FROM bigquery-public-data.deepmind_alphafold.metadata``, double-quoted strings, ``UNPIVOT``)
+    run unchanged. Translation is done by sqlglot.
+    """
+    if dialect == "duckdb":
+        return sql
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    from pipeline.errors import FoldAtlasError
+
+    try:
+        trees = sqlglot.parse(sql, read=dialect)
+    except ParseError as e:
+        raise FoldAtlasError(f"Could not parse the query as {dialect} SQL: {e}") from e
+    out = []
+    for tree in trees:
+        if tree is None:
+            continue
+        for table in tree.find_all(exp.Table):
+            if table.name.lower() == AFDB_TABLE and table.db.lower() in ("", "deepmind_alphafold"):
+                table.replace(exp.to_table("entries", alias=table.alias or None))
+        out.append(tree.sql(dialect="duckdb"))
+    return ";\n".join(out)
 
 
 def connect(atlas_root: str | Path, database: str = ":memory:") -> Any:
@@ -36,10 +70,10 @@ def connect(atlas_root: str | Path, database: str = ":memory:") -> Any:
     return con
 
 
-def query(atlas_root: str | Path, sql: str) -> Any:
-    """Run SQL against the atlas views; returns a DuckDB relation result as an Arrow table."""
+def query(atlas_root: str | Path, sql: str, dialect: str = "duckdb") -> Any:
+    """Run SQL against the atlas views; returns the result as an Arrow table."""
     con = connect(atlas_root)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        return con.sql(translate(sql, dialect)).to_arrow_table()
     finally:
         con.close()

@@ -175,6 +175,7 @@ FAILURE_REASONS: dict[str, str] = {
     "oom": "Out of memory, also when predicted alone",
     "model_error": "The model raised an exception, also when predicted alone",
     "non_finite_output": "The model returned NaN or infinite coordinates or confidences",
+    "invalid_output": "The model returned no atoms, or pLDDT/pTM/PAE outside their ranges",
 }
 
 

@@ -27,7 +27,7 @@ def test_shapes_and_units(tiny_backend):
     for p in preds:
         n = len(p.sequence)
         assert p.atom_positions.shape == (n, 37, 3) and p.pae.shape == (n, n)
-        assert 0 <= p.plddt.min() and p.plddt.max() <= 100
+        assert p.plddt.min() >= 0 and p.plddt.max() <= 100
         assert 0 < p.ptm < 1
         assert p.max_pae == pytest.approx(31.75)  # 64 bins up to 31 A, as AFDB reports
         # backbone atoms N, CA, C, O exist for every residue; CB exists except for glycine

@@ -32,10 +32,8 @@ def test_views_and_schema_metadata(tmp_path):
 
 def test_lock_is_exclusive(tmp_path):
     atlas = Atlas(tmp_path / "atlas")
-    with atlas.locked():
-        with pytest.raises(AtlasError, match="Another run"):
-            with Atlas(tmp_path / "atlas").locked():
-                pass
+    with atlas.locked(), pytest.raises(AtlasError, match="Another run"), Atlas(tmp_path / "atlas").locked():
+        pass
     with atlas.locked():  # released
         pass
 

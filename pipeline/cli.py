@@ -1,0 +1,184 @@
+"""The ``foldatlas`` command line: one subcommand per job. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.errors import FoldAtlasError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="FoldAtlas: predict protein structures at proteome scale into a DuckDB-queryable atlas.")
+
+AtlasArg = Annotated[Path, typer.Argument(help="Atlas directory")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    for noisy in ("ray", "urllib3", "botocore", "filelock", "matplotlib", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(e: FoldAtlasError) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2) from e
+
+
+class ModelName(StrEnum):
+    esmfold = "esmfold"
+    esmfold_tiny = "esmfold-tiny"
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[Path], typer.Argument(help="FASTA files (plain or .gz)")],
+    atlas: Annotated[Path, typer.Option("--atlas", help="Atlas directory (created if missing)")],
+    model: Annotated[ModelName | None, typer.Option(help="Model; default esmfold (needs --weights)")] = None,
+    weights: Annotated[str | None, typer.Option(help="ESMFold weights: HF directory or s3:// prefix")] = None,
+    weights_sha256: Annotated[str | None, typer.Option("--weights-sha256", help="Expected weights checksum")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML run configuration")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: local Ray)")] = None,
+    fold_actors: Annotated[int | None, typer.Option("--fold-actors", help="Fold actors (GPU workers)")] = None,
+    device: Annotated[str | None, typer.Option(help="Torch device: auto, cpu, cuda")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Predict every new sequence of INPUTS into the atlas; resumable, idempotent."""
+    _setup_logging(verbose)
+    from pipeline.config import load_config
+    from pipeline.runner import run as run_pipeline
+
+    overrides: dict[str, Any] = {
+        "model": {"name": model.value if model else None, "weights": weights, "weights_sha256": weights_sha256,
+                  "device": device},
+        "ray": {"address": address, "fold_actors": fold_actors},
+    }
+    try:
+        cfg = load_config(config, overrides)
+        run_pipeline(inputs, atlas, cfg, progress=not no_progress and sys.stderr.isatty(), echo=typer.echo)
+    except FoldAtlasError as e:
+        _fail(e)
+
+
+@app.command()
+def get(
+    atlas: AtlasArg,
+    accession: Annotated[str, typer.Argument(help="Accession (or entryId, or sequence SHA-256)")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="mmCIF output path")] = None,
+    pae: Annotated[Path | None, typer.Option("--pae", help="Write the PAE JSON (AFDB format) here")] = None,
+    confidence: Annotated[Path | None, typer.Option("--confidence", help="Write confidence JSON here")] = None,
+    model: Annotated[str | None, typer.Option(help="Model, when the atlas holds several")] = None,
+) -> None:
+    """Write one entry's mmCIF (and optionally its PAE and confidence JSON)."""
+    from storage.entry import fetch_entry
+
+    if not (output or pae or confidence):
+        typer.secho("nothing to write: give -o, --pae and/or --confidence", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        found = fetch_entry(atlas, accession, model=model)
+        if output:
+            output.write_text(found.mmcif())
+        if pae:
+            pae.write_bytes(found.pae_json())
+        if confidence:
+            confidence.write_bytes(found.confidence_json())
+    except FoldAtlasError as e:
+        _fail(e)
+    typer.echo(f"{found.entry_id} ({found.model}, tier {found.tier}): "
+               + ", ".join(str(p) for p in (output, pae, confidence) if p), err=True)
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+@app.command()
+def query(
+    atlas: AtlasArg,
+    sql: Annotated[str, typer.Argument(help="SQL over the views entries, structures, rejects, failures")],
+    format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (required for parquet)")] = None,
+    dialect: Annotated[str, typer.Option(help="SQL dialect of the query: duckdb, or bigquery for AFDB queries")] = "duckdb",
+) -> None:
+    """Run one SQL query against the atlas with DuckDB (views: entries, structures, rejects, failures, metadata)."""
+    import duckdb
+
+    from storage.query import connect, translate
+
+    try:
+        con = connect(atlas)
+        sql = translate(sql, dialect)
+    except FoldAtlasError as e:
+        _fail(e)
+    try:
+        rel = con.sql(sql)
+    except duckdb.Error as e:
+        typer.secho(f"query failed: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    if format is Format.parquet:
+        if output is None:
+            typer.secho("--format parquet needs -o FILE", fg="red", err=True)
+            raise typer.Exit(2)
+        rel.write_parquet(str(output))
+        return
+    text = (str(rel) if rel is not None else "") if format is Format.table else _format_rows(rel, format)
+    if output:
+        output.write_text(text)
+    else:
+        typer.echo(text, nl=not text.endswith("\n"))
+
+
+def _format_rows(rel: Any, fmt: Format) -> str:
+    import csv
+    import io
+    import json
+
+    tbl = rel.to_arrow_table()
+    rows = tbl.to_pylist()
+    if fmt is Format.json:
+        return json.dumps(rows, default=str, indent=1) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(tbl.column_names)
+    for r in rows:
+        writer.writerow([r[c] for c in tbl.column_names])
+    return buf.getvalue()
+
+
+@app.command("sql")
+def sql_shell(atlas: AtlasArg) -> None:
+    """Interactive SQL with the atlas views defined (the duckdb CLI if installed, else a built-in shell)."""
+    from storage.query import connect, view_sql
+
+    try:
+        con = connect(atlas)
+    except FoldAtlasError as e:
+        _fail(e)
+    exe = shutil.which("duckdb")
+    if exe and sys.stdin.isatty():
+        raise typer.Exit(subprocess.call([exe, "-cmd", view_sql(Path(atlas).resolve())]))
+    from pipeline.shell import repl
+
+    repl(con, interactive=sys.stdin.isatty())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,61 @@
+"""Generate the column tables of ``docs/output.md`` from :mod:`storage.schema`.
+
+``python -m storage.docgen`` rewrites the blocks between ``<!-- columns:TABLE -->`` and
+``<!-- /columns:TABLE -->`` markers; a test checks the committed file is up to date.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+from storage.schema import TABLES
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "output.md"
+
+
+def _type(t: pa.DataType) -> str:
+    return str(t).replace("large_", "").replace("timestamp[us, tz=UTC]", "timestamp (UTC)")
+
+
+def columns_markdown(table: str) -> str:
+    lines = ["| column | type | null | unit | meaning |", "|---|---|---|---|---|"]
+    for f in TABLES[table]:
+        meta = {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
+        lines.append(f"| `{f.name}` | {_type(f.type)} | {'yes' if f.nullable else 'no'} | "
+                     f"{meta.get('unit', '')} | {meta.get('description', '')} |")
+    return "\n".join(lines)
+
+
+def codes_markdown(kind: str) -> str:
+    from pipeline.ingest import REJECT_REASONS
+    from storage.schema import FAILURE_REASONS
+
+    codes = REJECT_REASONS if kind == "rejects" else FAILURE_REASONS
+    return "\n".join(["| code | meaning |", "|---|---|", *(f"| `{c}` | {d} |" for c, d in codes.items())])
+
+
+def render(text: str) -> str:
+    for kind in ("rejects", "failures"):
+        pattern = re.compile(rf"(<!-- codes:{kind} -->\n)(?:.*?\n)?(<!-- /codes:{kind} -->)", re.S)
+        text = pattern.sub(lambda m, k=kind: m.group(1) + codes_markdown(k) + "\n" + m.group(2), text)
+    for table in TABLES:
+        pattern = re.compile(rf"(<!-- columns:{table} -->\n)(?:.*?\n)?(<!-- /columns:{table} -->)", re.S)
+        text = pattern.sub(lambda m, t=table: m.group(1) + columns_markdown(t) + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    text = DOC.read_text()
+    new = render(text)
+    if new != text:
+        DOC.write_text(new)
+        print(f"updated {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Fetch one entry's artifacts from the atlas: mmCIF, PAE JSON, confidence JSON.
+
+An entry (accession) points to a structure (sequence SHA-256 + model). The stored mmCIF carries
+the metadata of the structure's representative accession; for another accession with the same
+sequence it is re-labelled on the fly (:func:`storage.mmcif.retarget_modelcif`). Only the
+member's byte range is read from the tar shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import AtlasError, EntryNotFound
+from storage.afdb_json import write_confidence_json
+from storage.atlas import Atlas
+from storage.mmcif import ModelCIFEntry, retarget_modelcif
+from storage.mmcif_shard import read_shard_member
+
+
+@dataclass(frozen=True)
+class FoundEntry:
+    atlas: Atlas
+    entry: dict[str, Any]
+    structure: dict[str, Any]
+
+    @property
+    def entry_id(self) -> str:
+        return str(self.entry["entryId"])
+
+    @property
+    def model(self) -> str:
+        return str(self.entry["model"])
+
+    @property
+    def tier(self) -> str:
+        return str(self.structure.get("tier"))
+
+    def _member(self, kind: str) -> bytes:
+        s = self.structure
+        if not s.get("published") or not s.get("mmcif_shard"):
+            raise AtlasError(
+                f"{self.entry_id}: the structure is not published (tier {s.get('tier')!r})",
+                hint="Its metrics are in the structures table; the publication policy "
+                     "(confidence.publish_tiers) kept its mmCIF out of the atlas.")
+        return read_shard_member(self.atlas.root / s["mmcif_shard"], int(s[f"{kind}_offset"]), int(s[f"{kind}_size"]))
+
+    def mmcif(self) -> str:
+        text = self._member("mmcif").decode()
+        if self.structure.get("representative_accession") == self.entry["accession"]:
+            return text
+        e = self.entry
+        target = ModelCIFEntry(
+            entry_id=e["entryId"], accession=e["accession"], uniprot_id=e.get("uniprotId"),
+            description=e.get("uniprotDescription") or "", organism_scientific_name=e.get("organismScientificName"),
+            tax_id=e.get("taxId"), sequence_db_name="UNP" if e.get("isReviewed") is not None else
+            (e.get("source_file") or "input"), sequence_version_date=e.get("sequenceVersionDate"),
+            model_created_date=e.get("modelCreatedDate"),
+        )
+        return retarget_modelcif(text, target)
+
+    def pae_json(self) -> bytes:
+        return self._member("pae")
+
+    def confidence_json(self) -> bytes:
+        return write_confidence_json(self.structure["plddt"])
+
+
+def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None) -> FoundEntry:
+    """Find an entry by accession, entryId or sequence SHA-256 (and model when ambiguous)."""
+    import duckdb
+
+    atlas = Atlas(atlas_root)
+    atlas.require()
+    con = duckdb.connect()
+    try:
+        params: list[Any] = [key, key, key]
+        where = "(accession = ? OR entryId = ? OR sequence_sha256 = ?)"
+        if model:
+            where += " AND model = ?"
+            params.append(model)
+        entries = con.sql(
+            f"SELECT * FROM read_parquet('{atlas.glob('entries')}', union_by_name=true) WHERE {where} "
+            "ORDER BY created_at DESC", params=params).to_arrow_table().to_pylist()
+        if not entries:
+            raise EntryNotFound(f"No entry {key!r} in {atlas.root}" + (f" for model {model}" if model else ""),
+                                hint="Check the accession with: foldatlas query ATLAS \"SELECT accession FROM entries\"")
+        models = sorted({e["model"] for e in entries})
+        if len(models) > 1:
+            raise AtlasError(f"{key!r} exists for several models {models}", hint="Pass --model NAME.")
+        entry = entries[0]
+        if entry["status"] != "predicted":
+            raise AtlasError(f"{entry['entryId']}: prediction {entry['status']} ({entry.get('failure_reason')})",
+                             hint="See the failures table for the reason and message.")
+        structures = con.sql(
+            f"SELECT * FROM read_parquet('{atlas.glob('structures')}', union_by_name=true) "
+            "WHERE sequence_sha256 = ? AND model = ?", params=[entry["sequence_sha256"], entry["model"]]
+        ).to_arrow_table().to_pylist()
+    finally:
+        con.close()
+    if not structures:
+        raise AtlasError(f"{entry['entryId']}: entry points to a structure that is missing",
+                         hint="The atlas is inconsistent; re-run the same input to repair it.")
+    return FoundEntry(atlas, entry, structures[0])
