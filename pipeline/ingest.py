@@ -231,7 +231,7 @@ class IngestResult:
 def sequence_hashes(seq: str) -> tuple[str, str, str]:
     """``(sha256 hex, UniProt CRC64 as 16 upper-case hex digits, md5 hex)`` of ``seq`` (ASCII)."""
     data = seq.encode("ascii")
-    crc = str(_bio_crc64(seq)).removeprefix("CRC-").upper()  # type: ignore[no-untyped-call]
+    crc = str(_bio_crc64(seq)).removeprefix("CRC-").upper()
     return hashlib.sha256(data).hexdigest(), crc, hashlib.md5(data).hexdigest()
 
 

@@ -119,11 +119,11 @@ def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], at
               model: str, cfg: PlanConfig) -> Plan:
     entry_keys, predicted, reject_keys = atlas_state(atlas, model)
     plan = Plan(model=model)
-    for rec in rejected:
-        if reject_key(rec) in reject_keys:
+    for bad in rejected:
+        if reject_key(bad) in reject_keys:
             plan.known_rejects += 1
         else:
-            plan.new_rejects.append(rec)
+            plan.new_rejects.append(bad)
     to_predict: dict[str, list[AcceptedRecord]] = defaultdict(list)
     for rec in accepted:
         if (rec.accession, rec.sha256) in entry_keys:

@@ -144,7 +144,7 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
     # CPU inference: the write stage is mostly idle, so torch gets the node's cores by default
     threads = cfg.ray.torch_threads or max(1, (os.cpu_count() or 1) // cfg.ray.fold_actors)
     items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in plan.units]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
         FoldActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_settings": _model_settings(cfg),

@@ -38,13 +38,16 @@ def codes_markdown(kind: str) -> str:
     return "\n".join(["| code | meaning |", "|---|---|", *(f"| `{c}` | {d} |" for c, d in codes.items())])
 
 
+def _replace_block(text: str, marker: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {marker} -->\n)(?:.*?\n)?(<!-- /{marker} -->)", re.S)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
 def render(text: str) -> str:
     for kind in ("rejects", "failures"):
-        pattern = re.compile(rf"(<!-- codes:{kind} -->\n)(?:.*?\n)?(<!-- /codes:{kind} -->)", re.S)
-        text = pattern.sub(lambda m, k=kind: m.group(1) + codes_markdown(k) + "\n" + m.group(2), text)
+        text = _replace_block(text, f"codes:{kind}", codes_markdown(kind))
     for table in TABLES:
-        pattern = re.compile(rf"(<!-- columns:{table} -->\n)(?:.*?\n)?(<!-- /columns:{table} -->)", re.S)
-        text = pattern.sub(lambda m, t=table: m.group(1) + columns_markdown(t) + "\n" + m.group(2), text)
+        text = _replace_block(text, f"columns:{table}", columns_markdown(table))
     return text
 
 

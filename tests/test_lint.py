@@ -17,3 +17,12 @@ def test_ruff_clean():
     out = subprocess.run([ruff, "check", "pipeline", "model", "storage", "tests"], cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("mypy") is None and not (Path(sys.executable).parent / "mypy").exists(),
+                    reason="mypy not installed (pip install -e '.[test]')")
+def test_mypy_clean():
+    """Type-checks pipeline/, model/ and storage/ with the settings in pyproject.toml."""
+    mypy = shutil.which("mypy") or str(Path(sys.executable).parent / "mypy")
+    out = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
