@@ -48,7 +48,7 @@ class ESMFoldSettings:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
     precision: str = "auto"  # "auto" (fp32 on CPU, fp16 language model on GPU), "fp32", "fp16", "bf16"
     num_recycles: int | None = None  # None: the config's max_recycles (4 for esmfold_v1)
-    chunk_size: int | None = None  # trunk axial-attention chunk size; None = no chunking
+    chunk_size: int | None = None  # trunk axial-attention chunk size; None = the model config's value
 
 
 def tiny_config() -> Any:
@@ -102,7 +102,8 @@ class ESMFoldBackend:
             model.esm.to(torch.bfloat16)
         if self.device.type == "cpu" and precision != "fp32":
             raise WeightsError(f"precision {precision} is not supported on CPU", hint="Use --precision fp32 on CPU.")
-        model.trunk.set_chunk_size(settings.chunk_size)
+        self.default_chunk_size = settings.chunk_size or model.config.esmfold_config.trunk.chunk_size
+        model.trunk.set_chunk_size(self.default_chunk_size)
         self.model = model.to(self.device).eval()
         self.info = ModelInfo(
             name=settings.name,
@@ -125,7 +126,8 @@ class ESMFoldBackend:
         return int(self.model.config.esmfold_config.trunk.max_recycles)
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
-        self.model.trunk.set_chunk_size(chunk_size)
+        """Trunk chunk size; ``None`` restores the configured default."""
+        self.model.trunk.set_chunk_size(chunk_size or self.default_chunk_size)
 
     def _encode(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, lmax = len(sequences), max(len(s) for s in sequences)

@@ -37,7 +37,8 @@ class ModelConfig(_Strict):
 class PlanConfig(_Strict):
     unit_max_residues: int = Field(8000, ge=1, description="Residues per work unit (= per shard)")
     unit_max_sequences: int = Field(1000, ge=1)
-    max_tokens_per_batch: int = Field(4096, ge=1, description="Padded tokens per model batch")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=1, description="Padded tokens per model batch; default 512 on CPU, 8192 on GPU")
     max_batch_size: int = Field(64, ge=1)
 
 

@@ -12,6 +12,7 @@ This module is plain Python; :mod:`pipeline.runner` puts it on Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import sys
@@ -29,7 +30,12 @@ Outcome = Prediction | PredictionFailure
 
 @dataclass(frozen=True)
 class FoldSettings:
-    max_tokens_per_batch: int = 4096  # padded tokens (batch size x longest sequence)
+    max_tokens_per_batch: int | None = None  # padded tokens (batch size x longest); None: by device
+
+    @staticmethod
+    def default_tokens(device_type: str) -> int:
+        """On CPU one sequence per call is fastest (measured, docs/configuration.md); GPUs want batches."""
+        return 512 if device_type == "cpu" else 8192
     max_batch_size: int = 64
     chunk_size_on_oom: int | None = 64  # trunk chunk size for the last single-sequence attempt
 
@@ -47,13 +53,14 @@ def is_oom(exc: BaseException) -> bool:
 
 def cut_batches(lengths: Sequence[int], settings: FoldSettings) -> list[list[int]]:
     """Indices grouped into batches in the given order (callers sort by length first)."""
+    budget = settings.max_tokens_per_batch or FoldSettings.default_tokens("cpu")
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
     for i, n in enumerate(lengths):
         new_longest = max(longest, n)
         if current and (
-            new_longest * (len(current) + 1) > settings.max_tokens_per_batch
+            new_longest * (len(current) + 1) > budget
             or len(current) >= settings.max_batch_size
         ):
             batches.append(current)
@@ -88,7 +95,11 @@ class Folder:
     def __init__(self, backend: ModelBackend, settings: FoldSettings | None = None,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.backend = backend
-        self.settings = settings or FoldSettings()
+        settings = settings or FoldSettings()
+        if settings.max_tokens_per_batch is None:
+            device = getattr(getattr(backend, "device", None), "type", "cpu")
+            settings = dataclasses.replace(settings, max_tokens_per_batch=FoldSettings.default_tokens(device))
+        self.settings = settings
         self.on_batch = on_batch
         self.batch_sizes: dict[str, int] = {}  # sequence -> size of the batch that produced it
 
@@ -137,6 +148,6 @@ class Folder:
                 first, reason = e, ("oom" if is_oom(e) else "model_error")
                 _release_memory()
             finally:
-                set_chunk(getattr(getattr(self.backend, "settings", None), "chunk_size", None))
+                set_chunk(None)  # back to the backend's configured chunk size
         message = f"{type(first).__name__}: {first}"[-2000:]
         return PredictionFailure(seq, reason, message, 1)

@@ -136,8 +136,9 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
     from pipeline.stages import FoldActor, WriteActor
 
     dctx = DataContext.get_current()
-    dctx.enable_progress_bars = False
+    dctx.enable_progress_bars = False  # FoldAtlas shows its own progress (sequences, rate, ETA)
     dctx.print_on_execution_start = False
+    dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
     gpus = cfg.ray.fold_gpus
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
