@@ -27,6 +27,7 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
     for noisy in ("ray", "urllib3", "botocore", "filelock", "matplotlib", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices concern its own progress bars
 
 
 def _fail(e: FoldAtlasError) -> None:

@@ -162,7 +162,7 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
             yield json.loads(text)
 
 
-def _progress(enabled: bool, total: int) -> Any:
+def _progress(enabled: bool) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -170,18 +170,23 @@ def _progress(enabled: bool, total: int) -> Any:
         ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
     from rich.text import Text
 
-    class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed * 3600:,.0f} seq/h" if speed else "- seq/h")
+    class RateEta(ProgressColumn):
+        """Average rate since the start and the ETA it implies (units finish in bursts)."""
 
-    return Progress(TextColumn("[bold]folding"), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
-                    refresh_per_second=2)
+        def render(self, task: Any) -> Text:
+            elapsed = task.elapsed or 0.0
+            if not task.completed or not elapsed:
+                return Text("- seq/h  ETA -")
+            rate = task.completed / elapsed
+            eta = (task.total - task.completed) / rate if task.total else 0.0
+            h, rem = divmod(int(eta), 3600)
+            return Text(f"{rate * 3600:,.0f} seq/h  ETA {h}:{rem // 60:02d}:{rem % 60:02d}")
+
+    return Progress(TextColumn("[bold]folding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), RateEta(),
+                    disable=not enabled, refresh_per_second=2)
 
 
 def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *, progress: bool = True,
@@ -245,7 +250,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     t_fold = time.perf_counter()
     by_id = {u.unit_id: u for u in plan.units}
     try:
-        with _progress(progress, plan.sequences_to_predict) as bar:
+        with _progress(progress) as bar:
             task = bar.add_task("fold", total=plan.sequences_to_predict)
             for manifest in _stream_units(plan, cfg, ctx):
                 atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
