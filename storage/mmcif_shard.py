@@ -136,28 +136,20 @@ def read_shard_member(
 
 def read_shard_index(path: str | os.PathLike[str]) -> list[ShardMember]:
     """Rebuild the member index from the tar headers (reads every member to hash it)."""
-    index: list[ShardMember] = []
-    with tarfile.open(path, "r:") as tar:
+    return [ShardMember(info.name, info.offset_data, info.size, hashlib.sha256(stored).hexdigest())
+            for info, stored in _stored_members(path, "r:")]
+
+
+def _stored_members(path: str | os.PathLike[str], mode: str) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+    """Regular members of a shard with their stored (compressed) bytes, in order."""
+    with tarfile.open(path, mode) as tar:  # type: ignore[call-overload]
         for info in tar:
-            if not info.isfile():
-                continue
-            fh = tar.extractfile(info)
-            if fh is None:
-                continue
-            stored = fh.read()
-            index.append(
-                ShardMember(info.name, info.offset_data, info.size, hashlib.sha256(stored).hexdigest())
-            )
-    return index
+            fh = tar.extractfile(info) if info.isfile() else None
+            if fh is not None:
+                yield info, fh.read()
 
 
 def iter_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]]:
     """Yield ``(member name, decompressed bytes)`` for every member, in order, streaming the tar."""
-    with tarfile.open(path, "r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            fh = tar.extractfile(info)
-            if fh is None:
-                continue
-            yield info.name, gzip.decompress(fh.read())
+    for info, stored in _stored_members(path, "r|"):
+        yield info.name, gzip.decompress(stored)

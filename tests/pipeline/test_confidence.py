@@ -6,10 +6,8 @@ Expected values are the AlphaFold DB metadata of each real AFDB entry
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
-from pathlib import Path
 
 import gemmi
 import numpy as np
@@ -28,21 +26,11 @@ from pipeline.confidence import (
     global_metric_value,
     plddt_band_fractions,
 )
+from tests.afdb_data import AFDB, ENTRIES, METADATA, read_csv
 from tests.storage.test_mmcif import afdb_prediction
 
-AFDB = Path(__file__).resolve().parent.parent / "data" / "afdb"
-ENTRIES = ["P00221", "O05023", "O05012"]
 EXTRACTS = ["A0A1U8FD60", "Q5VSL9"]  # per-residue pLDDT + atom counts extracted from AFDB mmCIF
 
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-METADATA = {
-    row["uniprotAccession"]: row for row in read_csv(AFDB / "DERIVED_afdb_metadata_rows_from_cif.csv")
-}
 BANDS = ["fractionPlddtVeryLow", "fractionPlddtLow", "fractionPlddtConfident", "fractionPlddtVeryHigh"]
 
 

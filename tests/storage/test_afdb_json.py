@@ -6,7 +6,6 @@ pLDDT (read with gemmi) and its category letters are checked against AFDB's band
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -27,19 +26,8 @@ from storage.afdb_json import (
     write_confidence_json,
     write_pae_json,
 )
+from tests.afdb_data import AFDB, ENTRIES, METADATA, read_csv
 
-AFDB = Path(__file__).resolve().parent.parent / "data" / "afdb"
-ENTRIES = ["P00221", "O05023", "O05012"]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-METADATA = {
-    row["uniprotAccession"]: row for row in read_csv(AFDB / "DERIVED_afdb_metadata_rows_from_cif.csv")
-}
 BANDS = ["fractionPlddtVeryLow", "fractionPlddtLow", "fractionPlddtConfident", "fractionPlddtVeryHigh"]
 
 

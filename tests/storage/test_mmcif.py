@@ -7,7 +7,6 @@ or from independent readers (gemmi, Biopython ``MMCIFParser``), never from our o
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gzip
 import shutil
@@ -32,21 +31,7 @@ from storage.mmcif import (
     retarget_modelcif,
     validate_modelcif,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "data"
-AFDB = DATA / "afdb"
-DICTIONARY = DATA / "dictionaries" / "mmcif_ma_v1.4.2.dic.gz"
-ENTRIES = ["P00221", "O05023", "O05012"]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-METADATA = {
-    row["uniprotAccession"]: row for row in read_csv(AFDB / "DERIVED_afdb_metadata_rows_from_cif.csv")
-}
+from tests.afdb_data import AFDB, DATA, DICTIONARY, ENTRIES, METADATA, read_csv  # noqa: F401
 
 TRAINED = ModelInfo(name="esmfold", version="transformers 4.46.0", weights_sha256="ab" * 32, trained=True)
 UNTRAINED = ModelInfo(

@@ -27,9 +27,7 @@ from storage.mmcif_shard import (
     read_shard_member,
     write_mmcif_shard,
 )
-
-AFDB = Path(__file__).resolve().parent.parent / "data" / "afdb"
-ENTRIES = ["P00221", "O05023", "O05012"]
+from tests.afdb_data import AFDB, ENTRIES, METADATA, read_csv  # noqa: F401
 
 
 def afdb_members() -> list[tuple[str, bytes]]:
