@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 apt_pkgs=()
-command -v gemmi >/dev/null 2>&1 || apt_pkgs+=(gemmi)   # `gemmi validate` (mmCIF dictionary checks)
+command -v gemmi >/dev/null 2>&1 || apt_pkgs+=(gemmi)       # `gemmi validate` (mmCIF dictionary checks)
+command -v mmseqs >/dev/null 2>&1 || apt_pkgs+=(mmseqs2)    # MSA search backend
+command -v jackhmmer >/dev/null 2>&1 || apt_pkgs+=(hmmer)   # reference jackhmmer (benchmark, tests)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null

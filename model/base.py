@@ -81,6 +81,10 @@ class ModelBackend(Protocol):
 
     info: ModelInfo
 
-    def predict(self, sequences: list[str]) -> list[Prediction]:
-        """Predict a batch; raise on failure (the fold stage splits and retries)."""
+    def predict(self, sequences: list[str], msas: list[str | None] | None = None) -> list[Prediction]:
+        """Predict a batch; raise on failure (the fold stage splits and retries).
+
+        ``msas``, when given, holds one A3M text (first row = the query) or None per sequence.
+        Backends whose ``info.uses_msa`` is False ignore it.
+        """
         ...

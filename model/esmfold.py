@@ -140,7 +140,8 @@ class ESMFoldBackend:
         return aatype.to(self.device), mask.to(self.device), position_ids.to(self.device)
 
     @torch.no_grad()
-    def predict(self, sequences: list[str]) -> list[Prediction]:
+    def predict(self, sequences: list[str], msas: list[str | None] | None = None) -> list[Prediction]:
+        """Fold a padded batch. ESMFold is MSA-free: ``msas`` is accepted and ignored."""
         from transformers.models.esm.openfold_utils.feats import atom14_to_atom37
         from transformers.models.esm.openfold_utils.loss import compute_predicted_aligned_error, compute_tm
 

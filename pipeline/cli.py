@@ -35,6 +35,12 @@ def _fail(e: FoldAtlasError) -> None:
     raise typer.Exit(2) from e
 
 
+class MSATool(StrEnum):
+    mmseqs2 = "mmseqs2"
+    hmmer = "hmmer"
+    none = "none"
+
+
 class ModelName(StrEnum):
     esmfold = "esmfold"
     esmfold_tiny = "esmfold-tiny"
@@ -51,6 +57,9 @@ def run(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: local Ray)")] = None,
     fold_actors: Annotated[int | None, typer.Option("--fold-actors", help="Fold actors (GPU workers)")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device: auto, cpu, cuda")] = None,
+    msa: Annotated[MSATool | None, typer.Option("--msa", help="MSA search before folding (default none)")] = None,
+    msa_db: Annotated[str | None, typer.Option("--msa-db", help="Database made by `foldatlas msa-db build`")] = None,
+    msa_iterations: Annotated[int | None, typer.Option("--msa-iterations", help="Search iterations")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -63,6 +72,7 @@ def run(
         "model": {"name": model.value if model else None, "weights": weights, "weights_sha256": weights_sha256,
                   "device": device},
         "ray": {"address": address, "fold_actors": fold_actors},
+        "msa": {"tool": msa.value if msa else None, "db": msa_db, "iterations": msa_iterations},
     }
     try:
         cfg = load_config(config, overrides)
@@ -79,25 +89,54 @@ def get(
     pae: Annotated[Path | None, typer.Option("--pae", help="Write the PAE JSON (AFDB format) here")] = None,
     confidence: Annotated[Path | None, typer.Option("--confidence", help="Write confidence JSON here")] = None,
     model: Annotated[str | None, typer.Option(help="Model, when the atlas holds several")] = None,
+    msa: Annotated[Path | None, typer.Option("--msa", help="Write the entry's MSA (A3M) here")] = None,
 ) -> None:
-    """Write one entry's mmCIF (and optionally its PAE and confidence JSON)."""
+    """Write one entry's mmCIF (and optionally its PAE JSON, confidence JSON and MSA)."""
     from storage.entry import fetch_entry
 
-    if not (output or pae or confidence):
-        typer.secho("nothing to write: give -o, --pae and/or --confidence", fg="red", err=True)
+    if not (output or pae or confidence or msa):
+        typer.secho("nothing to write: give -o, --pae, --confidence and/or --msa", fg="red", err=True)
         raise typer.Exit(2)
     try:
-        found = fetch_entry(atlas, accession, model=model)
+        found = fetch_entry(atlas, accession, model=model, require_structure=bool(output or pae or confidence))
         if output:
             output.write_text(found.mmcif())
         if pae:
             pae.write_bytes(found.pae_json())
         if confidence:
             confidence.write_bytes(found.confidence_json())
+        if msa:
+            msa.write_text(found.a3m())
     except FoldAtlasError as e:
         _fail(e)
     typer.echo(f"{found.entry_id} ({found.model}, tier {found.tier}): "
-               + ", ".join(str(p) for p in (output, pae, confidence) if p), err=True)
+               + ", ".join(str(p) for p in (output, pae, confidence, msa) if p), err=True)
+
+
+msa_db_app = typer.Typer(no_args_is_help=True, help="MSA search databases.")
+app.add_typer(msa_db_app, name="msa-db")
+
+
+@msa_db_app.command("build")
+def msa_db_build(
+    inputs: Annotated[list[Path], typer.Argument(help="FASTA files (plain or .gz) to search against")],
+    out: Annotated[Path, typer.Option("--out", help="Database directory to create")],
+    tool: Annotated[MSATool | None, typer.Option(help="mmseqs2 (default when installed) or hmmer")] = None,
+    index: Annotated[bool, typer.Option("--index", help="Precompute the MMseqs2 index (faster searches)")] = False,
+    name: Annotated[str | None, typer.Option(help="Database name recorded with every MSA")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for createindex")] = None,
+) -> None:
+    """Turn FASTA files into a search database with an identity record (foldatlas-msa-db.json)."""
+    _setup_logging(False)
+    from pipeline.msa import available_tool, build_msa_db
+
+    chosen = tool.value if tool and tool is not MSATool.none else available_tool()
+    try:
+        db = build_msa_db([str(p) for p in inputs], str(out), tool=chosen, index=index, threads=threads,
+                          **({"name": name} if name else {}))
+    except FoldAtlasError as e:
+        _fail(e)
+    typer.echo(f"{db.name}: {db.sequence_count} sequences, {db.tool} {db.tool_version}, db_id {db.db_id} -> {out}")
 
 
 class Format(StrEnum):

@@ -42,6 +42,20 @@ class PlanConfig(_Strict):
     max_batch_size: int = Field(64, ge=1)
 
 
+class MSAConfig(_Strict):
+    tool: Literal["none", "mmseqs2", "hmmer"] = Field(
+        "none", description="MSA search; none skips the stage (ESMFold does not use MSAs)")
+    db: str | None = Field(None, description="Database directory made by `foldatlas msa-db build`")
+    iterations: int | None = Field(None, ge=1, description="Search iterations (default: the tool's, see docs)")
+    evalue: float | None = Field(None, gt=0)
+    sensitivity: float | None = Field(None, gt=0, description="mmseqs -s")
+    max_seqs: int | None = Field(None, ge=1, description="Maximum hits per query")
+    threads: int = Field(1, ge=1, description="Threads per MSA actor")
+    actors: int = Field(1, ge=1)
+    cpus: float = Field(0.5, gt=0, description="CPUs reserved per MSA actor")
+    retries: int = Field(1, ge=0, description="Retries of a crashed search before failure rows")
+
+
 class RayConfig(_Strict):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
     fold_actors: int = Field(1, ge=1)
@@ -58,6 +72,7 @@ class RunConfig(_Strict):
     ingest: IngestPolicy = IngestPolicy()
     plan: PlanConfig = PlanConfig()
     confidence: ConfidencePolicy = ConfidencePolicy()
+    msa: MSAConfig = MSAConfig()
     ray: RayConfig = RayConfig()
     is_reference_proteome: bool | None = Field(
         None, description="Value for entries.isReferenceProteome (unknown from FASTA alone)"

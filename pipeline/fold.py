@@ -103,27 +103,29 @@ class Folder:
         self.on_batch = on_batch
         self.batch_sizes: dict[str, int] = {}  # sequence -> size of the batch that produced it
 
-    def fold(self, sequences: Sequence[str]) -> list[Outcome]:
-        """One outcome per input sequence, in input order."""
+    def fold(self, sequences: Sequence[str], msas: Sequence[str | None] | None = None) -> list[Outcome]:
+        """One outcome per input sequence, in input order. ``msas``: A3M text or None per sequence."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         outcomes: dict[int, Outcome] = {}
         for batch in cut_batches([len(sequences[i]) for i in order], self.settings):
             idx = [order[j] for j in batch]
-            for i, out in zip(idx, self._attempt([sequences[i] for i in idx]), strict=True):
+            batch_msas = [msas[i] for i in idx] if msas is not None else None
+            for i, out in zip(idx, self._attempt([sequences[i] for i in idx], batch_msas), strict=True):
                 outcomes[i] = out
         return [outcomes[i] for i in range(len(sequences))]
 
-    def _attempt(self, seqs: list[str]) -> list[Outcome]:
+    def _attempt(self, seqs: list[str], msas: list[str | None] | None = None) -> list[Outcome]:
         try:
-            preds = self.backend.predict(seqs)
+            preds = self.backend.predict(seqs, msas)
         except Exception as e:  # the ladder below handles every model failure
             _release_memory()
             reason = "oom" if is_oom(e) else "model_error"
             log.warning("batch of %d failed (%s: %s); splitting", len(seqs), reason, str(e)[:200])
             if len(seqs) > 1:
                 half = len(seqs) // 2
-                return self._attempt(seqs[:half]) + self._attempt(seqs[half:])
-            return [self._last_resort(seqs[0], reason, e)]
+                first, second = (msas[:half], msas[half:]) if msas is not None else (None, None)
+                return self._attempt(seqs[:half], first) + self._attempt(seqs[half:], second)
+            return [self._last_resort(seqs[0], msas[0] if msas else None, reason, e)]
         outcomes: list[Outcome] = []
         for pred in preds:
             bad = _check_output(pred)
@@ -134,14 +136,14 @@ class Folder:
                 outcomes.append(pred)
         return outcomes
 
-    def _last_resort(self, seq: str, reason: str, first: Exception) -> Outcome:
+    def _last_resort(self, seq: str, msa: str | None, reason: str, first: Exception) -> Outcome:
         chunk = self.settings.chunk_size_on_oom
         set_chunk = getattr(self.backend, "set_chunk_size", None)
         if reason == "oom" and chunk and set_chunk is not None:
             log.warning("retrying length %d alone with trunk chunk size %d", len(seq), chunk)
             set_chunk(chunk)
             try:
-                pred = self.backend.predict([seq])[0]
+                pred = self.backend.predict([seq], [msa] if msa is not None else None)[0]
                 self.batch_sizes[seq] = 1
                 return pred
             except Exception as e:  # recorded as a failure row below

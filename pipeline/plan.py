@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import PlanConfig
 from pipeline.ingest import AcceptedRecord, RejectedRecord
+from pipeline.msa_stage import MSASpec, MSAStat
 from storage.atlas import Atlas
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WorkUnit:
     model: str
     sequences: tuple[str, ...]  # unique, sorted by length
     records: tuple[AcceptedRecord, ...]  # every record of this run whose sequence is in the unit
+    msa_cached: tuple[tuple[str, MSAStat], ...] = ()  # (sha256, stats) of MSAs already in the atlas
 
     @property
     def residues(self) -> int:
@@ -48,6 +50,7 @@ class Plan:
     already_done: int = 0  # accepted records whose entry row exists
     new_rejects: list[RejectedRecord] = field(default_factory=list)
     known_rejects: int = 0
+    msa_known: dict[str, MSAStat] = field(default_factory=dict)  # sha256 -> cached MSA stats
 
     @property
     def sequences_to_predict(self) -> int:
@@ -85,6 +88,25 @@ def atlas_state(atlas: Atlas, model: str) -> tuple[set[tuple[str, str]], set[str
     return {(a, s) for a, s in entries}, {s for (s,) in structures}, {k for (k,) in rejects}
 
 
+def cached_msas(atlas: Atlas, spec: MSASpec, sha256s: Iterable[str]) -> dict[str, MSAStat]:
+    """Stats of the MSAs the atlas already holds for these sequences with this database and parameters."""
+    import duckdb
+
+    keys = {spec.key(s): s for s in sha256s}
+    if not keys:
+        return {}
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TEMP TABLE want(k VARCHAR)")
+        con.executemany("INSERT INTO want VALUES (?)", [(k,) for k in keys])
+        rows = con.execute(
+            f"SELECT DISTINCT m.msa_key, m.depth, m.neff FROM read_parquet('{atlas.glob('msas')}', "
+            "union_by_name=true) m JOIN want ON m.msa_key = want.k").fetchall()
+    finally:
+        con.close()
+    return {keys[k]: MSAStat(k, int(d), float(n)) for k, d, n in rows}
+
+
 def unit_id_for(model: str, sha256s: Iterable[str]) -> str:
     h = hashlib.sha256()
     for s in sorted(sha256s):
@@ -92,7 +114,8 @@ def unit_id_for(model: str, sha256s: Iterable[str]) -> str:
     return f"{model}-{h.hexdigest()[:20]}"
 
 
-def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConfig) -> list[WorkUnit]:
+def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConfig,
+              msa_known: dict[str, MSAStat] | None = None) -> list[WorkUnit]:
     order = sorted(by_sha, key=lambda s: (len(by_sha[s][0].sequence), s))
     units: list[WorkUnit] = []
     current: list[str] = []
@@ -101,8 +124,9 @@ def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConf
     def close() -> None:
         if current:
             recs = tuple(r for s in current for r in by_sha[s])
+            cached = tuple((s, msa_known[s]) for s in current if msa_known and s in msa_known)
             units.append(WorkUnit(unit_id_for(model, current), model,
-                                  tuple(by_sha[s][0].sequence for s in current), recs))
+                                  tuple(by_sha[s][0].sequence for s in current), recs, cached))
 
     for sha in order:
         n = len(by_sha[sha][0].sequence)
@@ -116,7 +140,7 @@ def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConf
 
 
 def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], atlas: Atlas,
-              model: str, cfg: PlanConfig) -> Plan:
+              model: str, cfg: PlanConfig, msa: MSASpec | None = None) -> Plan:
     entry_keys, predicted, reject_keys = atlas_state(atlas, model)
     plan = Plan(model=model)
     for bad in rejected:
@@ -132,7 +156,9 @@ def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], at
             plan.link_records.append(rec)
         else:
             to_predict[rec.sha256].append(rec)
-    plan.units = cut_units(to_predict, model, cfg)
+    if msa is not None:
+        plan.msa_known = cached_msas(atlas, msa, {r.sha256 for r in accepted})
+    plan.units = cut_units(to_predict, model, cfg, plan.msa_known)
     log.info("plan: %d units, %d sequences to predict, %d link entries, %d already done, %d new rejects",
              len(plan.units), plan.sequences_to_predict, len(plan.link_records), plan.already_done,
              len(plan.new_rejects))

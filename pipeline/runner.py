@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
 from pipeline.ingest import ingest_many
+from pipeline.msa_stage import MSASpec, make_spec
 from pipeline.plan import Plan, make_plan, reject_key
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
@@ -146,11 +147,16 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
     threads = cfg.ray.torch_threads or max(1, (os.cpu_count() or 1) // cfg.ray.fold_actors)
     items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in plan.units]
     ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if ctx.msa is not None:
+        from pipeline.stages import MSAActor
+
+        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": ctx.msa},
+                            compute=ActorPoolStrategy(size=cfg.msa.actors), num_cpus=cfg.msa.cpus)
     ds = ds.map_batches(
         FoldActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_settings": _model_settings(cfg),
                                "fold_settings": FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
-                               "torch_threads": threads},
+                               "torch_threads": threads, "atlas_root": ctx.atlas},
         compute=ActorPoolStrategy(size=cfg.ray.fold_actors), num_cpus=cfg.ray.fold_cpus, num_gpus=gpus,
     )
     ds = ds.map_batches(
@@ -198,6 +204,7 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, atlas=str(atlas.root), model=cfg.model.name,
                          inputs=[str(p) for p in inputs], model_trained=cfg.model.name != "esmfold-tiny")
+    msa_spec: MSASpec | None = make_spec(cfg.msa) if cfg.msa.tool != "none" else None
     with atlas.locked():
         atlas.init()
         if n := atlas.clean_staging():
@@ -211,21 +218,25 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         result = ingest_many([str(p) for p in inputs], cfg.ingest)
         summary.read, summary.accepted, summary.rejected = result.n_read, len(result.accepted), len(result.rejected)
         summary.rejected_by_reason = result.reject_counts()
-        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan)
+        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec)
         summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
         summary.units_planned, summary.sequences_planned = len(plan.units), plan.sequences_to_predict
 
         staging = atlas.staging_dir(run_id)
         staging.mkdir(parents=True, exist_ok=True)
-        ctx = WriteContext(staging=str(staging), run_id=run_id, policy=cfg.confidence, provenance=provenance,
-                           is_reference_proteome=cfg.is_reference_proteome)
+        if msa_spec is not None:
+            provenance.update(msa_db_id=msa_spec.db_id, msa_db_name=msa_spec.db_name, msa_tool=msa_spec.tool,
+                              msa_tool_version=msa_spec.tool_version, msa_params=msa_spec.params_key)
+        ctx = WriteContext(staging=str(staging), atlas=str(atlas.root), run_id=run_id, policy=cfg.confidence,
+                           provenance=provenance,
+                           is_reference_proteome=cfg.is_reference_proteome, msa=msa_spec)
         if plan.new_rejects:
             name = _content_name("rejects", [reject_key(r) for r in plan.new_rejects])
             write_parquet(_rejects_table(plan, run_id), staging / name, provenance)
             atlas.publish_file(staging / name, "rejects", name)
         if plan.link_records:
             structures = _structure_rows(atlas, cfg.model.name, {r.sha256 for r in plan.link_records})
-            table = entry_rows_for_links(plan.link_records, structures, cfg.model.name, ctx)
+            table = entry_rows_for_links(plan.link_records, structures, cfg.model.name, ctx, plan.msa_known)
             name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
             write_parquet(table, staging / name, provenance)
             atlas.publish_file(staging / name, "entries", name)
@@ -264,6 +275,9 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
                 summary.model_seconds += manifest["model_seconds"]
                 summary.mean_plddts += manifest["mean_plddts"]
                 summary.model_trained = manifest["model_trained"]
+                summary.msa_searched += manifest["msa_searched"]
+                summary.msa_cached += manifest["msa_cached"]
+                summary.msa_failed += manifest["msa_failed"]
                 for t, n in manifest.get("tiers", {}).items():
                     tiers[t] += n
                 for r, n in manifest.get("failure_reasons", {}).items():

@@ -18,10 +18,29 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class MSAActor:
+    """Searches a unit's uncached sequences in one batched call; passes the unit on with its MSAs."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.msa_stage import search_unit
+
+        results = []
+        for payload in batch["payload"]:
+            unit = pickle.loads(payload)
+            shas = {r.sequence: r.sha256 for r in unit.records}
+            result = search_unit({shas[s]: s for s in unit.sequences}, dict(unit.msa_cached), self.spec)
+            results.append(pickle.dumps(result, protocol=5))
+        return {"unit_id": batch["unit_id"], "payload": batch["payload"], "msa": np.array(results, dtype=object)}
+
+
 class FoldActor:
     """Loads the model once per actor; folds one work unit per call."""
 
-    def __init__(self, model_settings: Any, fold_settings: Any, torch_threads: int | None = None) -> None:
+    def __init__(self, model_settings: Any, fold_settings: Any, torch_threads: int | None = None,
+                 atlas_root: str | None = None) -> None:
         import torch
 
         from model.esmfold import load_backend
@@ -31,16 +50,39 @@ class FoldActor:
             torch.set_num_threads(torch_threads)
         self.backend = load_backend(model_settings)
         self.folder = Folder(self.backend, fold_settings)
+        self.atlas_root = atlas_root
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        msa_column = batch.get("msa")
         results = []
-        for payload in batch["payload"]:
+        for i, payload in enumerate(batch["payload"]):
             unit = pickle.loads(payload)
+            msa = pickle.loads(msa_column[i]) if msa_column is not None else None
             self.folder.batch_sizes.clear()
-            outcomes = self.folder.fold(list(unit.sequences))
-            results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes)),
+            outcomes = self._fold(unit, msa)
+            results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes), msa),
                                         protocol=5))
         return {"unit_id": batch["unit_id"], "result": np.array(results, dtype=object)}
+
+    def _fold(self, unit: Any, msa: Any) -> list[Any]:
+        from model.base import PredictionFailure
+
+        sequences = list(unit.sequences)
+        if msa is None or not self.backend.info.uses_msa:
+            return self.folder.fold(sequences)
+        # an MSA model cannot fold a sequence whose search failed: that is its outcome
+        sha = {r.sequence: r.sha256 for r in unit.records}
+        texts = dict(msa.a3m)
+        missing = [msa.stats[s].key for s in sha.values() if s in msa.stats and s not in texts]
+        if missing and self.atlas_root:
+            from storage.query import load_a3m
+
+            by_key = load_a3m(self.atlas_root, missing)
+            texts.update({s: by_key[msa.stats[s].key] for s in sha.values() if msa.stats.get(s) and
+                          msa.stats[s].key in by_key})
+        todo = [s for s in sequences if sha[s] not in msa.failed]
+        folded = dict(zip(todo, self.folder.fold(todo, [texts.get(sha[s]) for s in todo]), strict=True))
+        return [folded.get(s) or PredictionFailure(s, "msa_error", msa.failed[sha[s]], 0) for s in sequences]
 
 
 class WriteActor:
@@ -54,7 +96,7 @@ class WriteActor:
 
         manifests = []
         for result in batch["result"]:
-            unit, outcomes, info, batch_sizes = pickle.loads(result)
-            manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx)
+            unit, outcomes, info, batch_sizes, msa = pickle.loads(result)
+            manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa)
             manifests.append(json.dumps(dataclasses.asdict(manifest)))
         return {"unit_id": batch["unit_id"], "manifest": np.array(manifests, dtype=object)}

@@ -31,6 +31,9 @@ class RunSummary:
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     entries_written: int = 0
     structures_published: int = 0  # structures whose mmCIF went into a shard (policy)
+    msa_searched: int = 0  # queries sent to the MSA search tool in this run
+    msa_cached: int = 0  # sequences of this run's units whose MSA came from the atlas cache
+    msa_failed: int = 0
     tiers: dict[str, int] = field(default_factory=dict)
     residues_predicted: int = 0
     fold_wall_seconds: float = 0.0
@@ -95,6 +98,7 @@ def render_text(s: RunSummary) -> str:
         f"  already in atlas {s.already_in_atlas}, linked to earlier predictions {s.linked}",
         f"  sequences predicted {s.predicted}, failed {s.failed} {s.failed_by_reason or ''}",
         f"  entries written {s.entries_written}, mmCIF published {s.structures_published}, tiers {s.tiers}",
+        f"  MSAs searched {s.msa_searched}, from cache {s.msa_cached}, failed {s.msa_failed}",
         f"  units {s.units_published}/{s.units_planned}; fold wall {s.fold_wall_seconds:.1f} s, "
         f"{s.sequences_per_hour:.0f} sequences/h, {s.residues_per_second:.0f} residues/s; total {s.total_seconds:.1f} s",
     ]

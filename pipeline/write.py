@@ -22,12 +22,13 @@ import pyarrow as pa
 from model.base import ModelInfo, Prediction, PredictionFailure
 from pipeline.confidence import ConfidencePolicy, compute_confidence
 from pipeline.ingest import AcceptedRecord
+from pipeline.msa_stage import MSASpec, MSAStat, MSAUnitResult, params_json
 from pipeline.plan import WorkUnit
 from storage.afdb_json import write_pae_json
 from storage.atlas import write_parquet
 from storage.mmcif import ModelCIFEntry, render_modelcif
 from storage.mmcif_shard import write_mmcif_shard
-from storage.schema import ENTRIES_SCHEMA, FAILURES_SCHEMA, STRUCTURES_SCHEMA
+from storage.schema import ENTRIES_SCHEMA, FAILURES_SCHEMA, MSAS_SCHEMA, STRUCTURES_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ def entry_id(accession: str) -> str:
 @dataclass(frozen=True)
 class WriteContext:
     staging: str  # staging directory of the run
+    atlas: str  # atlas root (workers read the MSA cache from it)
     run_id: str
     policy: ConfidencePolicy
     provenance: dict[str, str]
     is_reference_proteome: bool | None = None
+    msa: MSASpec | None = None
 
 
 @dataclass
@@ -59,6 +62,9 @@ class UnitManifest:
     tiers: dict[str, int] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
     model_trained: bool | None = None
+    msa_searched: int = 0
+    msa_cached: int = 0
+    msa_failed: int = 0
 
 
 def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
@@ -77,7 +83,8 @@ def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
 
 
 def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: datetime, status: str,
-              metrics: dict[str, Any] | None, failure_reason: str | None = None) -> dict[str, Any]:
+              metrics: dict[str, Any] | None, failure_reason: str | None = None,
+              msa: MSAStat | None = None) -> dict[str, Any]:
     """One ``entries`` row. ``metrics`` uses the AFDB names plus ptm/mean_plddt/tier/published."""
     m = metrics or {}
     row: dict[str, Any] = {name: None for name in ENTRIES_SCHEMA.names}
@@ -105,6 +112,9 @@ def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: da
         sequence_md5=rec.md5,
         sequence_length=rec.length,
         failure_reason=failure_reason,
+        msa_depth=msa.depth if msa else None,
+        msa_neff=msa.neff if msa else None,
+        msa_key=msa.key if msa else None,
         taxonomy_source="uniprot_header" if rec.tax_id is not None else "none",
         source_file=Path(rec.source).name,
         source_record_index=rec.record_index,
@@ -128,8 +138,26 @@ def _member_name(base: str, used: set[str], sha: str) -> str:
     return name
 
 
+def _failure_row(sha: str, seq: str, recs: list[AcceptedRecord], unit: WorkUnit, reason: str, message: str,
+                 batch_size: int, attempts: int, ctx: WriteContext, created_at: datetime) -> dict[str, Any]:
+    return {"sequence_sha256": sha, "model": unit.model, "sequence_length": len(seq),
+            "accessions": [r.accession for r in recs], "reason": reason, "message": message,
+            "batch_size": batch_size, "attempts": attempts, "unit_id": unit.unit_id, "run_id": ctx.run_id,
+            "created_at": created_at}
+
+
+def _msa_rows(unit: WorkUnit, msa: MSAUnitResult, spec: MSASpec, ctx: WriteContext,
+              created_at: datetime) -> list[dict[str, Any]]:
+    params = params_json(spec)
+    return [{"msa_key": msa.stats[sha].key, "sequence_sha256": sha, "db_id": spec.db_id, "db_name": spec.db_name,
+             "tool": spec.tool, "tool_version": spec.tool_version, "params": params,
+             "depth": msa.stats[sha].depth, "neff": msa.stats[sha].neff, "a3m": text,
+             "search_seconds": msa.seconds.get(sha), "unit_id": unit.unit_id, "run_id": ctx.run_id,
+             "created_at": created_at} for sha, text in msa.a3m.items()]
+
+
 def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], info: ModelInfo,
-               batch_sizes: dict[str, int], ctx: WriteContext) -> UnitManifest:
+               batch_sizes: dict[str, int], ctx: WriteContext, msa: MSAUnitResult | None = None) -> UnitManifest:
     """Stage the unit's shards; one outcome per ``unit.sequences`` entry, same order."""
     if len(outcomes) != len(unit.sequences):
         raise ValueError(f"unit {unit.unit_id}: {len(outcomes)} outcomes for {len(unit.sequences)} sequences")
@@ -157,14 +185,17 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
             if metrics.failure_reason:
                 outcome = PredictionFailure(outcome.sequence, metrics.failure_reason, metrics.failure_message,
                                             batch_sizes.get(outcome.sequence, 1))
+        msa_stat = msa.stats.get(sha) if msa else None
+        if msa and sha in msa.failed and not (isinstance(outcome, PredictionFailure) and outcome.reason == "msa_error"):
+            # an MSA-free model folded it anyway; the failed search is still recorded
+            failure_rows.append(_failure_row(sha, outcome.sequence, recs, unit, "msa_error", msa.failed[sha], 0,
+                                             msa.attempts, ctx, created_at))
         if isinstance(outcome, PredictionFailure):
-            failure_rows.append({
-                "sequence_sha256": sha, "model": unit.model, "sequence_length": len(outcome.sequence),
-                "accessions": [r.accession for r in recs], "reason": outcome.reason,
-                "message": outcome.message, "batch_size": outcome.batch_size, "attempts": 1,
-                "unit_id": unit.unit_id, "run_id": ctx.run_id, "created_at": created_at,
-            })
-            entry_rows += [entry_row(r, unit.model, ctx, created_at, "failed", None, outcome.reason) for r in recs]
+            attempts = msa.attempts if msa and outcome.reason == "msa_error" else 1
+            failure_rows.append(_failure_row(sha, outcome.sequence, recs, unit, outcome.reason, outcome.message,
+                                             outcome.batch_size, attempts, ctx, created_at))
+            entry_rows += [entry_row(r, unit.model, ctx, created_at, "failed", None, outcome.reason, msa_stat)
+                           for r in recs]
             manifest.failure_reasons[outcome.reason] = manifest.failure_reasons.get(outcome.reason, 0) + 1
             continue
         pred = outcome
@@ -199,7 +230,8 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
         entry_metrics = {**afdb, "ptm": metrics.ptm, "mean_plddt": metrics.mean_plddt_residues,
                          "tier": metrics.tier, "published": metrics.published,
                          "modelCreatedDate": created_at.date()}
-        entry_rows += [entry_row(r, unit.model, ctx, created_at, "predicted", entry_metrics) for r in recs]
+        entry_rows += [entry_row(r, unit.model, ctx, created_at, "predicted", entry_metrics, None, msa_stat)
+                       for r in recs]
 
     if members:
         shard_rel = f"mmcif/{unit.unit_id}.tar"
@@ -212,7 +244,12 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
                            mmcif_size=cif_m.size, pae_member=pae_m.name, pae_offset=pae_m.offset,
                            pae_size=pae_m.size)
         manifest.staged["mmcif"] = str(staging / shard_rel)
-    for table, rows, schema in (("structures", structure_rows, STRUCTURES_SCHEMA),
+    msa_rows = _msa_rows(unit, msa, ctx.msa, ctx, created_at) if msa and ctx.msa else []
+    if msa:
+        manifest.msa_searched, manifest.msa_failed = msa.searched, len(msa.failed)
+        manifest.msa_cached = len(dict(unit.msa_cached))
+    for table, rows, schema in (("msas", msa_rows, MSAS_SCHEMA),
+                                ("structures", structure_rows, STRUCTURES_SCHEMA),
                                 ("failures", failure_rows, FAILURES_SCHEMA),
                                 ("entries", entry_rows, ENTRIES_SCHEMA)):
         if rows:
@@ -220,12 +257,12 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
             write_parquet(_table([{k: r.get(k) for k in schema.names} for r in rows], schema), path, provenance)
             manifest.staged[table] = str(path)
     manifest.counts = {"structures": len(structure_rows), "failures": len(failure_rows),
-                       "entries": len(entry_rows), "published_structures": len(member_of)}
+                       "entries": len(entry_rows), "published_structures": len(member_of), "msas": len(msa_rows)}
     return manifest
 
 
 def entry_rows_for_links(records: list[AcceptedRecord], structures: dict[str, dict[str, Any]], model: str,
-                         ctx: WriteContext) -> pa.Table:
+                         ctx: WriteContext, msa_known: dict[str, MSAStat] | None = None) -> pa.Table:
     """Entry rows for records whose sequence is already predicted (``structures`` by sha256)."""
     created_at = datetime.now(UTC)
     rows = []
@@ -238,5 +275,6 @@ def entry_rows_for_links(records: list[AcceptedRecord], structures: dict[str, di
             "mean_plddt": s["mean_plddt"], "tier": s["tier"], "published": s["published"],
             "modelCreatedDate": s["created_at"].date() if s.get("created_at") else created_at.date(),
         }
-        rows.append(entry_row(rec, model, ctx, created_at, "predicted", metrics))
+        rows.append(entry_row(rec, model, ctx, created_at, "predicted", metrics, None,
+                              (msa_known or {}).get(rec.sha256)))
     return _table(rows, ENTRIES_SCHEMA)

@@ -13,7 +13,7 @@ Layout (docs/output.md is the full contract)::
 
 Publish protocol: workers write a shard's files under ``_staging``; the driver moves each file
 into place with ``os.replace`` (atomic on POSIX within one filesystem) in the order mmCIF tar,
-structures, failures, entries, and appends the unit to ``published.jsonl``. A reader globbing
+msas, structures, failures, entries, and appends the unit to ``published.jsonl``. A reader globbing
 ``<table>/*.parquet`` therefore sees whole shards only; a retried unit publishes under the same
 name, replacing an identical file, so rows are never duplicated. Staging is outside every glob.
 """
@@ -40,7 +40,7 @@ from storage.schema import TABLES
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-PUBLISH_ORDER = ("mmcif", "structures", "failures", "entries", "rejects")
+PUBLISH_ORDER = ("mmcif", "msas", "structures", "failures", "entries", "rejects")
 
 
 def write_parquet(table: pa.Table, path: Path, provenance: dict[str, Any] | None = None) -> None:

@@ -35,9 +35,10 @@ class FoundEntry:
 
     @property
     def tier(self) -> str:
-        return str(self.structure.get("tier"))
+        return str(self.structure.get("tier")) if self.structure else "-"
 
     def _member(self, kind: str) -> bytes:
+        self._require_structure()
         s = self.structure
         if not s.get("published") or not s.get("mmcif_shard"):
             raise AtlasError(
@@ -64,10 +65,31 @@ class FoundEntry:
         return self._member("pae")
 
     def confidence_json(self) -> bytes:
+        self._require_structure()
         return write_confidence_json(self.structure["plddt"])
 
+    def _require_structure(self) -> None:
+        if not self.structure:
+            raise AtlasError(f"{self.entry_id}: no structure ({self.entry['status']}, "
+                             f"{self.entry.get('failure_reason')})", hint="See the failures table.")
 
-def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None) -> FoundEntry:
+    def a3m(self) -> str:
+        """The entry's MSA (A3M) from the ``msas`` table."""
+        from storage.query import load_a3m
+
+        key = self.entry.get("msa_key")
+        if not key:
+            raise AtlasError(f"{self.entry_id}: no MSA was searched for this entry",
+                             hint="Run with --msa mmseqs2|hmmer --msa-db DBDIR to search and store MSAs.")
+        found = load_a3m(self.atlas.root, [key])
+        if key not in found:
+            raise AtlasError(f"{self.entry_id}: MSA {key[:12]} is missing from the msas table",
+                             hint="The atlas is inconsistent; re-run the same input with the same MSA database.")
+        return found[key]
+
+
+def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None,
+                require_structure: bool = True) -> FoundEntry:
     """Find an entry by accession, entryId or sequence SHA-256 (and model when ambiguous)."""
     import duckdb
 
@@ -90,7 +112,7 @@ def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None) -> F
         if len(models) > 1:
             raise AtlasError(f"{key!r} exists for several models {models}", hint="Pass --model NAME.")
         entry = entries[0]
-        if entry["status"] != "predicted":
+        if require_structure and entry["status"] != "predicted":
             raise AtlasError(f"{entry['entryId']}: prediction {entry['status']} ({entry.get('failure_reason')})",
                              hint="See the failures table for the reason and message.")
         structures = con.sql(
@@ -99,7 +121,7 @@ def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None) -> F
         ).to_arrow_table().to_pylist()
     finally:
         con.close()
-    if not structures:
+    if not structures and require_structure:
         raise AtlasError(f"{entry['entryId']}: entry points to a structure that is missing",
                          hint="The atlas is inconsistent; re-run the same input to repair it.")
-    return FoundEntry(atlas, entry, structures[0])
+    return FoundEntry(atlas, entry, structures[0] if structures else {})

@@ -77,3 +77,20 @@ def query(atlas_root: str | Path, sql: str, dialect: str = "duckdb") -> Any:
         return con.sql(translate(sql, dialect)).to_arrow_table()
     finally:
         con.close()
+
+
+def load_a3m(atlas_root: str | Path, keys: list[str]) -> dict[str, str]:
+    """A3M texts from the atlas's ``msas`` table by ``msa_key``."""
+    import duckdb
+
+    atlas = Atlas(atlas_root)
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TEMP TABLE want(k VARCHAR)")
+        con.executemany("INSERT INTO want VALUES (?)", [(k,) for k in keys])
+        rows = con.execute(
+            f"SELECT DISTINCT m.msa_key, m.a3m FROM read_parquet('{atlas.glob('msas')}', union_by_name=true) m "
+            "JOIN want ON m.msa_key = want.k").fetchall()
+    finally:
+        con.close()
+    return {k: a for k, a in rows}

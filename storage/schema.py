@@ -16,6 +16,9 @@ Tables (each stored as ``<atlas>/<table>/*.parquet``):
     One row per input record that failed validation, with a reason code.
 ``failures``
     One row per failed prediction attempt (out of memory, model error, bad geometry ...).
+``msas``
+    One row per (sequence, MSA database, tool and parameters): the A3M and its depth and Neff.
+    It is the MSA cache: a sequence is never searched twice against the same database.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ ENTRIES_SCHEMA = pa.schema(
         _f("sequence_md5", pa.string(), "MD5 of the sequence (AFDB v6 API, ESM Atlas protein_hash)"),
         _f("sequence_length", pa.int64(), "Sequence length", "residues"),
         _f("failure_reason", pa.string(), "Failure reason code when status = failed"),
+        _f("msa_depth", pa.int64(), "Sequences in the MSA, query included (null: no MSA searched)", "sequences"),
+        _f("msa_neff", pa.float64(), "Effective number of sequences at 80% identity", "sequences"),
+        _f("msa_key", pa.string(), "Key of the MSA in the msas table"),
         _f("taxonomy_source", pa.string(), "Where organism fields came from: uniprot_header | none"),
         _f("source_file", pa.string(), "Input file name the record came from"),
         _f("source_record_index", pa.int64(), "0-based position of the record in its input file"),
@@ -164,11 +170,31 @@ FAILURES_SCHEMA = pa.schema(
     ]
 )
 
+MSAS_SCHEMA = pa.schema(
+    [
+        _f("msa_key", pa.string(), "SHA-256 of sequence key, database id and tool parameters", nullable=False),
+        _f("sequence_sha256", pa.string(), "SHA-256 of the query sequence", nullable=False),
+        _f("db_id", pa.string(), "Identity of the search database (foldatlas-msa-db.json)", nullable=False),
+        _f("db_name", pa.string(), "Database name"),
+        _f("tool", pa.string(), "mmseqs2 | hmmer", nullable=False),
+        _f("tool_version", pa.string(), "Version of the search program"),
+        _f("params", pa.string(), "Search parameters (JSON)"),
+        _f("depth", pa.int64(), "Sequences in the MSA, query included", "sequences"),
+        _f("neff", pa.float64(), "Effective number of sequences at 80% identity", "sequences"),
+        _f("a3m", pa.large_string(), "The alignment in A3M format; first row is the query (zstd in Parquet)"),
+        _f("search_seconds", pa.float64(), "Search wall time attributed to this query", "seconds"),
+        _f("unit_id", pa.string(), "Work unit"),
+        _f("run_id", pa.string(), "Run that wrote this row", nullable=False),
+        _f("created_at", _TS, "When this row was written", "UTC"),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "entries": ENTRIES_SCHEMA,
     "structures": STRUCTURES_SCHEMA,
     "rejects": REJECTS_SCHEMA,
     "failures": FAILURES_SCHEMA,
+    "msas": MSAS_SCHEMA,
 }
 
 FAILURE_REASONS: dict[str, str] = {
@@ -176,6 +202,7 @@ FAILURE_REASONS: dict[str, str] = {
     "model_error": "The model raised an exception, also when predicted alone",
     "non_finite_output": "The model returned NaN or infinite coordinates or confidences",
     "invalid_output": "The model returned no atoms, or pLDDT/pTM/PAE outside their ranges",
+    "msa_error": "The MSA search failed after its retry (tool error or crash); message has the stderr tail",
 }
 
 

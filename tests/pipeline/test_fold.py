@@ -32,7 +32,7 @@ class FaultyBackend:
     def set_chunk_size(self, n):
         self.chunk = n
 
-    def predict(self, seqs):
+    def predict(self, seqs, msas=None):
         self.calls.append(len(seqs))
         for s in seqs:
             kind = self.poison.get(s)

@@ -36,10 +36,10 @@ def unit_and_outcomes(tiny_backend):
 
 def test_write_unit_rows_and_shards(tmp_path, tiny_backend, unit_and_outcomes):
     unit, outcomes = unit_and_outcomes
-    ctx = WriteContext(staging=str(tmp_path), run_id="r1", policy=ConfidencePolicy(),
+    ctx = WriteContext(staging=str(tmp_path), atlas=str(tmp_path), run_id="r1", policy=ConfidencePolicy(),
                        provenance={"run_id": "r1", "git_commit": "abc"})
     m = write_unit(unit, outcomes, tiny_backend.info, {}, ctx)
-    assert m.counts == {"structures": 2, "failures": 1, "entries": 4, "published_structures": 2}
+    assert m.counts == {"structures": 2, "failures": 1, "entries": 4, "published_structures": 2, "msas": 0}
     assert m.failure_reasons == {"oom": 1} and m.tiers == {"low": 2}
     entries = pq.read_table(m.staged["entries"]).to_pylist()
     status = {e["accession"]: (e["status"], e["failure_reason"]) for e in entries}
@@ -62,7 +62,7 @@ def test_write_unit_rows_and_shards(tmp_path, tiny_backend, unit_and_outcomes):
 def test_publish_policy_keeps_rows_but_not_mmcif(tmp_path, tiny_backend, unit_and_outcomes):
     unit, outcomes = unit_and_outcomes
     policy = ConfidencePolicy(publish_tiers=["high"])  # a random model never reaches "high"
-    ctx = WriteContext(staging=str(tmp_path), run_id="r1", policy=policy, provenance={})
+    ctx = WriteContext(staging=str(tmp_path), atlas=str(tmp_path), run_id="r1", policy=policy, provenance={})
     m = write_unit(unit, outcomes, tiny_backend.info, {}, ctx)
     assert m.counts["structures"] == 2 and m.counts["published_structures"] == 0 and "mmcif" not in m.staged
     rows = pq.read_table(m.staged["structures"]).to_pylist()
@@ -71,6 +71,6 @@ def test_publish_policy_keeps_rows_but_not_mmcif(tmp_path, tiny_backend, unit_an
 
 def test_outcome_count_mismatch_is_an_error(tmp_path, tiny_backend, unit_and_outcomes):
     unit, outcomes = unit_and_outcomes
-    ctx = WriteContext(staging=str(tmp_path), run_id="r1", policy=ConfidencePolicy(), provenance={})
+    ctx = WriteContext(staging=str(tmp_path), atlas=str(tmp_path), run_id="r1", policy=ConfidencePolicy(), provenance={})
     with pytest.raises(ValueError, match="outcomes for"):
         write_unit(unit, outcomes[:-1], tiny_backend.info, {}, ctx)

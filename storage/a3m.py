@@ -1,0 +1,366 @@
+"""A3M multiple sequence alignments: read, write, convert from Stockholm, depth and Neff.
+
+Format (HH-suite A3M, as written by HHblits, ColabFold/MMseqs2 and AlphaFold's data pipeline)
+---------------------------------------------------------------------------------------------
+FASTA-like records ``>header`` + sequence. The first record is the query: upper-case residues
+only. Every other row is aligned to the query: upper-case letters and ``-`` are *match* columns
+(one per query residue), lower-case letters are *insertions* relative to the query and take no
+column. Removing the lower-case letters therefore leaves every row exactly as long as the query
+(:meth:`A3M.aligned`). ``.`` is accepted as an insertion-column gap (A2M style) and is dropped
+like a lower-case letter.
+
+ColabFold writes a first line ``#<query lengths>\\t<cardinalities>`` (``#59\\t1``; multimers
+``#59,60\\t1,1``); it is kept verbatim (without the ``#``) in :attr:`A3M.header_comment`.
+
+Headers. ``names[i]`` is the header up to the first whitespace; ``descriptions[i]`` the rest after
+that one separator character (``""`` when there is none). The writer puts back a tab when the
+description contains a tab (ColabFold's ``name\\tscore\\tseqid...`` layout) and a space otherwise
+(HHblits/UniProt headers). With this rule the real ColabFold file in ``tests/data/msa`` and
+single-line A3M files round-trip byte for byte; a header that is only a name followed by
+whitespace loses that trailing whitespace. Sequences wrapped over several lines are joined (the
+writer writes one line per sequence); CRLF line ends and blank lines are accepted.
+
+Depth and Neff
+--------------
+:func:`msa_depth` is the number of rows, the query included, duplicates included (the number of
+sequences AlphaFold's ``num_alignments`` feature counts).
+
+:func:`msa_neff` is the number of effective sequences with 80 % identity weighting, in the
+definition the AlphaFold papers use for their MSA-depth analyses (Jumper et al. 2021, Nature 596,
+Methods "MSA depth analysis"; Abramson et al. 2024, Nature 630, same section): each sequence gets
+weight ``1 / n_i`` where ``n_i`` is the number of sequences in the MSA, itself included, whose
+identity to it is at least the threshold, "with a threshold of 80% sequence identity measured on
+the region that is non-gap in either sequence". So for two aligned rows ``a`` and ``b`` (insertions
+removed, query columns only)::
+
+    identity(a, b) = #{columns: a and b both residues and a == b} / #{columns: a or b a residue}
+
+and ``identity = 1`` when both rows are all gaps (they are then equal strings), so a row is always
+counted in its own cluster and ``1 <= Neff <= depth``. ``X`` is a residue like any other letter.
+Neff is the sum of the weights. It is computed exactly, vectorised with numpy: rows are deduplicated
+first (identical rows share a cluster, so each unique row is weighted by its multiplicity), then
+pairwise match counts come from float32 matrix products of one-hot letter masks, one block of rows
+at a time over the upper triangle, so memory stays at a few hundred MB for a 10,000 x 1,000 MSA.
+
+Stockholm
+---------
+:func:`stockholm_to_a3m` reads a Stockholm alignment (jackhmmer ``-A`` output as in AlphaFold2's
+``uniref90_hits.sto``) with Biopython's ``AlignIO`` and converts it the way AlphaFold's
+``parsers.convert_stockholm_to_a3m`` does: the first sequence is the query; columns where the
+query has a gap become lower-case insertions (gap characters in those columns are dropped);
+names keep jackhmmer's ``/start-end`` suffix; descriptions come from ``#=GS <name> DE`` lines.
+Biopython rather than ``pyhmmer.easel.MSAFile`` because Easel orders sequences by their first
+mention, and ``#=GS`` lines come before the alignment block, so the query (which has no ``#=GS``
+line in jackhmmer output) would come last instead of first.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import FoldAtlasError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "A3M",
+    "MSAError",
+    "msa_depth",
+    "msa_neff",
+    "neff_of_aligned",
+    "parse_a3m",
+    "stockholm_to_a3m",
+    "write_a3m",
+]
+
+
+class MSAError(FoldAtlasError):
+    """An MSA or MSA database is malformed, missing or does not match its query."""
+
+
+_DELETE_INSERTIONS = str.maketrans("", "", string.ascii_lowercase + ".")
+_ROW_OK = re.compile(r"[A-Za-z.\-]*")
+_QUERY_OK = re.compile(r"[A-Z]+")
+_NAME_OK = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class A3M:
+    """One A3M alignment. The first row is the query.
+
+    Attributes:
+        names: one per row; ``names[0]`` is the query's name. No whitespace.
+        descriptions: header text after the name (``""`` when none), one per row.
+        rows: the raw A3M rows: upper case and ``-`` are query columns, lower case (and ``.``)
+            are insertions. ``rows[0]`` is the query sequence.
+        header_comment: ColabFold's first line without its ``#`` (``"59\\t1"``), else ``None``.
+
+    Sequences are stored as tuples (the record is immutable); lists passed in are converted.
+    Construction validates the alignment and raises :class:`MSAError`.
+    """
+
+    names: tuple[str, ...]
+    descriptions: tuple[str, ...]
+    rows: tuple[str, ...]
+    header_comment: str | None = None
+
+    def __post_init__(self) -> None:
+        for attr in ("names", "descriptions", "rows"):
+            object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        n = len(self.rows)
+        if n == 0:
+            raise MSAError("an A3M needs at least one row (the query)")
+        if len(self.names) != n or len(self.descriptions) != n:
+            raise MSAError(f"A3M has {n} rows but {len(self.names)} names and {len(self.descriptions)} descriptions")
+        if self.header_comment is not None and ("\n" in self.header_comment or "\r" in self.header_comment):
+            raise MSAError("A3M header comment must be a single line")
+        for i, (name, desc) in enumerate(zip(self.names, self.descriptions, strict=True)):
+            if not _NAME_OK.fullmatch(name):
+                raise MSAError(f"A3M row {i + 1}: name {name!r} must be non-empty and contain no whitespace")
+            if "\n" in desc or "\r" in desc:
+                raise MSAError(f"A3M row {i + 1} ({name}): description contains a line break")
+        query = self.rows[0]
+        if not _QUERY_OK.fullmatch(query):
+            bad = sorted({c for c in query if not ("A" <= c <= "Z")})
+            raise MSAError(
+                f"A3M query row ({self.names[0]}) must be upper-case residues only, found {bad}"
+                if query else f"A3M query row ({self.names[0]}) is empty",
+                hint="the first record of an A3M must be the query sequence itself",
+            )
+        width = len(query)
+        for i, row in enumerate(self.rows[1:], start=2):
+            if not _ROW_OK.fullmatch(row):
+                bad = sorted({c for c in row if not (c.isascii() and (c.isalpha() or c in "-."))})
+                raise MSAError(f"A3M row {i} ({self.names[i - 1]}): invalid characters {bad}")
+            aligned = len(row.translate(_DELETE_INSERTIONS))
+            if aligned != width:
+                raise MSAError(
+                    f"A3M row {i} ({self.names[i - 1]}) has {aligned} aligned columns, the query has {width}",
+                    hint="upper-case letters and '-' must match the query length; insertions are lower case",
+                )
+
+    @property
+    def query(self) -> str:
+        """The query sequence (the first row)."""
+        return self.rows[0]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def aligned(self) -> list[str]:
+        """Rows with insertions (lower case, ``.``) removed: each as long as the query, gaps ``-``."""
+        return [row.translate(_DELETE_INSERTIONS) for row in self.rows]
+
+
+def _split_header(header: str) -> tuple[str, str]:
+    m = re.match(r"(\S*)(\s?)(.*)\Z", header, flags=re.S)
+    assert m is not None  # the pattern matches any string
+    return m.group(1), m.group(3)
+
+
+def parse_a3m(text: str) -> A3M:
+    """Parse A3M text (see the module docstring for the rules).
+
+    Raises:
+        MSAError: empty input, text before the first ``>``, a record without a sequence, NUL bytes
+            (an MMseqs2 database holding several entries), or an invalid alignment.
+    """
+    if "\x00" in text:
+        raise MSAError(
+            "A3M text contains NUL bytes",
+            hint="this looks like an MMseqs2 database file with several entries; split it at NUL first",
+        )
+    lines = text.splitlines()
+    header_comment: str | None = None
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    if start < len(lines) and lines[start].startswith("#"):
+        header_comment = lines[start][1:]
+        start += 1
+    names: list[str] = []
+    descriptions: list[str] = []
+    rows: list[str] = []
+    chunks: list[str] = []
+    for lineno, raw in enumerate(lines[start:], start=start + 1):
+        line = raw.rstrip("\r")
+        if line.startswith(">"):
+            if names:
+                rows.append("".join(chunks))
+            name, desc = _split_header(line[1:])
+            if not name:
+                raise MSAError(f"A3M line {lineno}: header without a name")
+            names.append(name)
+            descriptions.append(desc)
+            chunks = []
+        elif not line.strip():
+            continue
+        elif not names:
+            raise MSAError(f"A3M line {lineno}: text before the first '>' header: {line[:40]!r}")
+        else:
+            chunks.append(line.strip())
+    if not names:
+        raise MSAError("no sequences in A3M text", hint="an A3M starts with '>query_name' and the query sequence")
+    rows.append("".join(chunks))
+    for name, row in zip(names, rows, strict=True):
+        if not row:
+            raise MSAError(f"A3M record {name!r} has no sequence")
+    return A3M(names=tuple(names), descriptions=tuple(descriptions), rows=tuple(rows), header_comment=header_comment)
+
+
+def write_a3m(a3m: A3M) -> str:
+    """A3M text: optional ``#`` comment line, then ``>name[ sep description]`` and one sequence line
+    per record, every line ending in ``\\n``. ``parse_a3m(write_a3m(x)) == x`` for every valid ``x``."""
+    out = io.StringIO()
+    if a3m.header_comment is not None:
+        out.write(f"#{a3m.header_comment}\n")
+    for name, desc, row in zip(a3m.names, a3m.descriptions, a3m.rows, strict=True):
+        if desc:
+            sep = "\t" if "\t" in desc else " "
+            out.write(f">{name}{sep}{desc}\n{row}\n")
+        else:
+            out.write(f">{name}\n{row}\n")
+    return out.getvalue()
+
+
+def stockholm_to_a3m(text: str, max_sequences: int | None = None) -> A3M:
+    """Convert a Stockholm alignment to A3M, query-relative (AlphaFold semantics, see module doc).
+
+    Args:
+        text: the Stockholm file's text (one alignment; a second one is ignored).
+        max_sequences: keep only the first N sequences (query included), like AlphaFold's
+            ``max_sequences``.
+
+    Raises:
+        MSAError: not Stockholm, no sequences, or a query that is all gaps.
+    """
+    from Bio import AlignIO
+
+    try:
+        alignments = list(AlignIO.parse(io.StringIO(text), "stockholm"))
+    except ValueError as e:
+        raise MSAError(f"cannot read Stockholm alignment: {e}") from e
+    if not alignments or len(alignments[0]) == 0:
+        raise MSAError("no Stockholm alignment found", hint="a Stockholm file starts with '# STOCKHOLM 1.0'")
+    records = list(alignments[0])
+    if max_sequences is not None:
+        records = records[: max(1, max_sequences)]
+    query_aln = str(records[0].seq).replace(".", "-")
+    keep = [c not in "-." for c in query_aln]
+    if not any(keep):
+        raise MSAError(f"Stockholm query {records[0].id!r} is all gaps")
+    names: list[str] = []
+    descriptions: list[str] = []
+    rows: list[str] = []
+    for rec in records:
+        seq = str(rec.seq)
+        if len(seq) != len(query_aln):
+            raise MSAError(f"Stockholm row {rec.id!r} has {len(seq)} columns, the query has {len(query_aln)}")
+        out = []
+        for is_match, c in zip(keep, seq, strict=True):
+            if is_match:
+                out.append("-" if c in "-." else c.upper())
+            elif c not in "-.":
+                out.append(c.lower())
+        names.append(rec.id)
+        # Biopython fills the description with the id when there is no '#=GS <id> DE' line.
+        desc = rec.description if rec.description != rec.id else ""
+        descriptions.append(desc)
+        rows.append("".join(out))
+    return A3M(names=tuple(names), descriptions=tuple(descriptions), rows=tuple(rows))
+
+
+def msa_depth(a3m: A3M) -> int:
+    """Number of rows, the query included and duplicate rows included."""
+    return len(a3m.rows)
+
+
+def msa_neff(a3m: A3M, identity: float = 0.8) -> float:
+    """Effective number of sequences at ``identity`` (default 80 %), AlphaFold's definition.
+
+    See the module docstring: weight of each row = 1 / (rows, itself included, with identity >=
+    ``identity`` over the columns non-gap in either row); Neff = sum of weights.
+    """
+    return neff_of_aligned(a3m.aligned(), identity)
+
+
+#: Budget for the largest per-block working arrays of :func:`neff_of_aligned` (bytes).
+_NEFF_BLOCK_BYTES = 32 * 1024 * 1024
+
+
+def _encode(rows: Sequence[str]) -> np.ndarray:
+    """(N, L) uint8 matrix: ASCII code of each residue, 0 for a gap ``-``."""
+    width = len(rows[0])
+    data = "".join(rows).encode("ascii")
+    mat = np.frombuffer(data, dtype=np.uint8).reshape(len(rows), width).copy()
+    mat[mat == ord("-")] = 0
+    return mat
+
+
+def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
+    """Neff of aligned rows (equal length, gaps ``-``, no insertions): see :func:`msa_neff`.
+
+    Exact. Unique rows only (weighted by multiplicity). Match counts for a block of rows against
+    the later rows are one matrix product of one-hot (column, letter) features, taken a slice of
+    features at a time, so no array is larger than about ``_NEFF_BLOCK_BYTES`` times a few.
+    """
+    if not rows:
+        return 0.0
+    if not 0.0 <= identity <= 1.0:
+        raise ValueError(f"identity threshold must be in [0, 1], got {identity}")
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        raise MSAError("aligned rows differ in length")
+    if width == 0:
+        return 1.0  # all rows are empty, hence equal: one cluster
+    uniq, counts = np.unique(_encode(rows), axis=0, return_counts=True)
+    mult = counts.astype(np.float64)
+    n = uniq.shape[0]
+    residues = (uniq != 0).astype(np.float32)
+    n_res = residues.sum(axis=1, dtype=np.float64)
+    # One feature per (column, letter present in that column): matches = onehot @ onehot.T
+    feat_col: list[int] = []
+    feat_letter: list[int] = []
+    for col in range(width):
+        for letter in np.unique(uniq[:, col]):
+            if letter != 0:
+                feat_col.append(col)
+                feat_letter.append(int(letter))
+    cols = np.asarray(feat_col, dtype=np.intp)
+    letters = np.asarray(feat_letter, dtype=np.uint8)
+    n_feat = len(cols)
+    row_block = max(1, min(n, _NEFF_BLOCK_BYTES // (8 * n)))
+    feat_block = max(1, _NEFF_BLOCK_BYTES // (4 * n))
+    cluster = np.zeros(n, dtype=np.float64)
+    for start in range(0, n, row_block):
+        stop = min(n, start + row_block)
+        size = stop - start
+        # The block against itself and every later row (the upper triangle of the pair matrix).
+        matches = np.zeros((size, n - start), dtype=np.float32)
+        for f0 in range(0, n_feat, feat_block):
+            sel = slice(f0, f0 + feat_block)
+            onehot = (uniq[start:, cols[sel]] == letters[sel]).astype(np.float32)
+            matches += onehot[:size] @ onehot.T
+        both = residues[start:stop] @ residues[start:].T
+        union = n_res[start:stop, None] + n_res[None, start:]
+        union -= both
+        del both
+        ident = matches.astype(np.float64)
+        del matches
+        np.divide(ident, union, out=ident, where=union > 0)
+        ident[union == 0] = 1.0  # both rows all gaps: equal rows
+        close = (ident >= identity).astype(np.float64)
+        del ident, union
+        # Row i of the block gains mult[j] for every close j >= start; a later row j gains
+        # mult[i] for every close i in the block (the pair matrix is symmetric).
+        cluster[start:stop] += close @ mult[start:]
+        if stop < n:
+            cluster[stop:] += mult[start:stop] @ close[:, size:]
+    return float(np.sum(mult / cluster))
