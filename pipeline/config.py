@@ -29,7 +29,10 @@ class ModelConfig(_Strict):
     weights: str | None = Field(None, description="Local HF directory or s3:// prefix with the weights")
     weights_sha256: str | None = Field(None, description="Expected SHA-256 of the weights directory")
     device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "fp16-lm", "bf16", "bf16-lm", "bf16-full"] = Field(
+        "auto", description="auto: fp32 on CPU, fp16 language model on GPU (docs/benchmarks.md)")
+    fast_path: bool = Field(False, description="ESMFold fast path: SDPA LM, memory-sized length buckets, "
+                                               "pinned transfers, overlapped post-processing")
     num_recycles: int | None = Field(None, ge=0)
     chunk_size: int | None = Field(None, ge=1)
 

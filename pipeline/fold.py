@@ -107,7 +107,10 @@ class Folder:
         """One outcome per input sequence, in input order. ``msas``: A3M text or None per sequence."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         outcomes: dict[int, Outcome] = {}
-        for batch in cut_batches([len(sequences[i]) for i in order], self.settings):
+        lengths = [len(sequences[i]) for i in order]
+        planner = getattr(self.backend, "plan_batches", None)  # ESMFold fast path: buckets sized by free memory
+        planned = planner(lengths, self.settings.max_batch_size) if planner is not None else None
+        for batch in planned if planned is not None else cut_batches(lengths, self.settings):
             idx = [order[j] for j in batch]
             batch_msas = [msas[i] for i in idx] if msas is not None else None
             for i, out in zip(idx, self._attempt([sequences[i] for i in idx], batch_msas), strict=True):

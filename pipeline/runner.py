@@ -63,8 +63,11 @@ def _model_settings(cfg: RunConfig) -> Any:
     from model.esmfold import ESMFoldSettings
 
     m = cfg.model
+    from model.fastpath import FastPathSettings
+
     return ESMFoldSettings(name=m.name, weights=m.weights, weights_sha256=m.weights_sha256, device=m.device,
-                           precision=m.precision, num_recycles=m.num_recycles, chunk_size=m.chunk_size)
+                           precision=m.precision, num_recycles=m.num_recycles, chunk_size=m.chunk_size,
+                           fast=FastPathSettings() if m.fast_path else None)
 
 
 def _check_model_inputs(cfg: RunConfig) -> None:

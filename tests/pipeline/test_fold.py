@@ -85,3 +85,21 @@ def test_oom_that_persists_is_a_failure_row(tiny_backend):
 def test_is_oom():
     assert is_oom(MemoryError()) and is_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert not is_oom(ValueError("shape mismatch"))
+
+
+def test_fast_path_backend_through_the_folder(tiny_backend):
+    """The ESMFold fast path plans its own length buckets; the Folder keeps order and one outcome each."""
+    import numpy as np
+
+    from model.esmfold import ESMFoldBackend, ESMFoldSettings
+    from model.fastpath import FastPathSettings
+
+    fast = ESMFoldBackend(ESMFoldSettings(name="esmfold-tiny", fast=FastPathSettings()))
+    seqs = [*SEQS, "M" * 40, "GS" * 30]
+    out = Folder(fast, FoldSettings()).fold(seqs)
+    ref = Folder(tiny_backend, FoldSettings()).fold(seqs)
+    assert [o.sequence for o in out] == seqs
+    for a, b in zip(out, ref, strict=True):
+        assert isinstance(a, Prediction) and isinstance(b, Prediction)
+        np.testing.assert_allclose(a.atom_positions, b.atom_positions, atol=1e-3)
+        assert abs(a.ptm - b.ptm) < 1e-4
