@@ -17,7 +17,7 @@ from pipeline.errors import FoldAtlasError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="FoldAtlas: predict protein structures at proteome scale into a DuckDB-queryable atlas.")
 
-AtlasArg = Annotated[Path, typer.Argument(help="Atlas directory")]
+AtlasArg = Annotated[str, typer.Argument(help="Atlas: a directory or s3://bucket/prefix")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -49,7 +49,7 @@ class ModelName(StrEnum):
 @app.command()
 def run(
     inputs: Annotated[list[Path], typer.Argument(help="FASTA files (plain or .gz)")],
-    atlas: Annotated[Path, typer.Option("--atlas", help="Atlas directory (created if missing)")],
+    atlas: Annotated[str, typer.Option("--atlas", help="Atlas directory or s3://bucket/prefix (created if missing)")],
     model: Annotated[ModelName | None, typer.Option(help="Model; default esmfold (needs --weights)")] = None,
     weights: Annotated[str | None, typer.Option(help="ESMFold weights: HF directory or s3:// prefix")] = None,
     weights_sha256: Annotated[str | None, typer.Option("--weights-sha256", help="Expected weights checksum")] = None,
@@ -209,7 +209,7 @@ def sql_shell(atlas: AtlasArg) -> None:
     except FoldAtlasError as e:
         _fail(e)
     exe = shutil.which("duckdb")
-    if exe and sys.stdin.isatty():
+    if exe and sys.stdin.isatty() and not atlas.startswith("s3://"):  # the CLI cannot read S3 without httpfs
         raise typer.Exit(subprocess.call([exe, "-cmd", view_sql(Path(atlas).resolve())]))
     from pipeline.shell import repl
 

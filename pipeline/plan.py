@@ -70,9 +70,7 @@ def reject_key(rec: RejectedRecord) -> str:
 
 def atlas_state(atlas: Atlas, model: str) -> tuple[set[tuple[str, str]], set[str], set[str]]:
     """(entry keys (accession, sha256), predicted sha256s, reject keys) already in the atlas."""
-    import duckdb
-
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         entries = con.execute(
             f"SELECT DISTINCT accession, sequence_sha256 FROM read_parquet('{atlas.glob('entries')}', "
@@ -90,12 +88,10 @@ def atlas_state(atlas: Atlas, model: str) -> tuple[set[tuple[str, str]], set[str
 
 def cached_msas(atlas: Atlas, spec: MSASpec, sha256s: Iterable[str]) -> dict[str, MSAStat]:
     """Stats of the MSAs the atlas already holds for these sequences with this database and parameters."""
-    import duckdb
-
     keys = {spec.key(s): s for s in sha256s}
     if not keys:
         return {}
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         con.execute("CREATE TEMP TABLE want(k VARCHAR)")
         con.executemany("INSERT INTO want VALUES (?)", [(k,) for k in keys])

@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import secrets
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -99,11 +100,9 @@ def _content_name(prefix: str, keys: Sequence[str]) -> str:
 
 
 def _structure_rows(atlas: Atlas, model: str, shas: set[str]) -> dict[str, dict[str, Any]]:
-    import duckdb
-
     if not shas:
         return {}
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         con.execute("CREATE TEMP TABLE want(sha VARCHAR)")
         con.executemany("INSERT INTO want VALUES (?)", [(s,) for s in shas])
@@ -205,7 +204,7 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     _check_model_inputs(cfg)
     atlas = Atlas(atlas_root)
     run_id = new_run_id()
-    summary = RunSummary(run_id=run_id, atlas=str(atlas.root), model=cfg.model.name,
+    summary = RunSummary(run_id=run_id, atlas=atlas.uri, model=cfg.model.name,
                          inputs=[str(p) for p in inputs], model_trained=cfg.model.name != "esmfold-tiny")
     msa_spec: MSASpec | None = make_spec(cfg.msa) if cfg.msa.tool != "none" else None
     with atlas.locked():
@@ -230,7 +229,7 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         if msa_spec is not None:
             provenance.update(msa_db_id=msa_spec.db_id, msa_db_name=msa_spec.db_name, msa_tool=msa_spec.tool,
                               msa_tool_version=msa_spec.tool_version, msa_params=msa_spec.params_key)
-        ctx = WriteContext(staging=str(staging), atlas=str(atlas.root), run_id=run_id, policy=cfg.confidence,
+        ctx = WriteContext(staging=str(staging), atlas=atlas.uri, run_id=run_id, policy=cfg.confidence,
                            provenance=provenance,
                            is_reference_proteome=cfg.is_reference_proteome, msa=msa_spec)
         if plan.new_rejects:
@@ -249,6 +248,8 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         summary.total_seconds = time.perf_counter() - t0
         _save_summary(atlas, summary)
         atlas.clean_staging()
+        if not atlas.is_local:
+            shutil.rmtree(staging, ignore_errors=True)
     if echo:
         echo(render_text(summary))
     return summary

@@ -89,7 +89,10 @@ class WriteActor:
     """Confidence + mmCIF + Parquet into staging; returns the unit manifest as JSON."""
 
     def __init__(self, ctx: Any) -> None:
+        from storage.atlas import Atlas
+
         self.ctx = ctx
+        self.atlas = Atlas(ctx.atlas)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.write import write_unit
@@ -98,5 +101,7 @@ class WriteActor:
         for result in batch["result"]:
             unit, outcomes, info, batch_sizes, msa = pickle.loads(result)
             manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa)
+            # staged paths relative to the atlas (uploaded to its _staging/ when it is on S3)
+            manifest.staged = self.atlas.upload_staged(self.ctx.run_id, manifest.staged)
             manifests.append(json.dumps(dataclasses.asdict(manifest)))
         return {"unit_id": batch["unit_id"], "manifest": np.array(manifests, dtype=object)}

@@ -45,7 +45,11 @@ class FoundEntry:
                 f"{self.entry_id}: the structure is not published (tier {s.get('tier')!r})",
                 hint="Its metrics are in the structures table; the publication policy "
                      "(confidence.publish_tiers) kept its mmCIF out of the atlas.")
-        return read_shard_member(self.atlas.root / s["mmcif_shard"], int(s[f"{kind}_offset"]), int(s[f"{kind}_size"]))
+        offset, size = int(s[f"{kind}_offset"]), int(s[f"{kind}_size"])
+        if self.atlas.is_local:
+            return read_shard_member(self.atlas.root / s["mmcif_shard"], offset, size)
+        with self.atlas.store.open_read(s["mmcif_shard"]) as fh:  # one ranged read
+            return read_shard_member(fh, offset, size)
 
     def mmcif(self) -> str:
         text = self._member("mmcif").decode()
@@ -81,7 +85,7 @@ class FoundEntry:
         if not key:
             raise AtlasError(f"{self.entry_id}: no MSA was searched for this entry",
                              hint="Run with --msa mmseqs2|hmmer --msa-db DBDIR to search and store MSAs.")
-        found = load_a3m(self.atlas.root, [key])
+        found = load_a3m(self.atlas.uri, [key])
         if key not in found:
             raise AtlasError(f"{self.entry_id}: MSA {key[:12]} is missing from the msas table",
                              hint="The atlas is inconsistent; re-run the same input with the same MSA database.")
@@ -91,11 +95,9 @@ class FoundEntry:
 def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None,
                 require_structure: bool = True) -> FoundEntry:
     """Find an entry by accession, entryId or sequence SHA-256 (and model when ambiguous)."""
-    import duckdb
-
     atlas = Atlas(atlas_root)
     atlas.require()
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         params: list[Any] = [key, key, key]
         where = "(accession = ? OR entryId = ? OR sequence_sha256 = ?)"
@@ -106,7 +108,7 @@ def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None,
             f"SELECT * FROM read_parquet('{atlas.glob('entries')}', union_by_name=true) WHERE {where} "
             "ORDER BY created_at DESC", params=params).to_arrow_table().to_pylist()
         if not entries:
-            raise EntryNotFound(f"No entry {key!r} in {atlas.root}" + (f" for model {model}" if model else ""),
+            raise EntryNotFound(f"No entry {key!r} in {atlas.uri}" + (f" for model {model}" if model else ""),
                                 hint="Check the accession with: foldatlas query ATLAS \"SELECT accession FROM entries\"")
         models = sorted({e["model"] for e in entries})
         if len(models) > 1:

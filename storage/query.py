@@ -18,6 +18,7 @@ AFDB_TABLE = "metadata"
 
 
 def view_sql(atlas_root: str | Path) -> str:
+    """The CREATE VIEW statements (for ``s3://`` atlases the connection needs :meth:`Atlas.duckdb`)."""
     atlas = Atlas(atlas_root)
     stmts = []
     for table in TABLES:
@@ -60,13 +61,14 @@ def translate(sql: str, dialect: str = "duckdb") -> str:
 
 
 def connect(atlas_root: str | Path, database: str = ":memory:") -> Any:
-    """A DuckDB connection with the four atlas views defined."""
+    """A DuckDB connection with the atlas views defined (S3 atlases: the filesystem registered)."""
     import duckdb
 
     atlas = Atlas(atlas_root)
     atlas.require()
     con = duckdb.connect(database)
-    con.execute(view_sql(atlas.root))
+    atlas.store.register_duckdb(con)
+    con.execute(view_sql(atlas.uri))
     return con
 
 
@@ -81,10 +83,8 @@ def query(atlas_root: str | Path, sql: str, dialect: str = "duckdb") -> Any:
 
 def load_a3m(atlas_root: str | Path, keys: list[str]) -> dict[str, str]:
     """A3M texts from the atlas's ``msas`` table by ``msa_key``."""
-    import duckdb
-
     atlas = Atlas(atlas_root)
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         con.execute("CREATE TEMP TABLE want(k VARCHAR)")
         con.executemany("INSERT INTO want VALUES (?)", [(k,) for k in keys])
