@@ -216,6 +216,31 @@ def sql_shell(atlas: AtlasArg) -> None:
     repl(con, interactive=sys.stdin.isatty())
 
 
+@app.command()
+def report(
+    atlas: AtlasArg,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest finished run)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file (default: print the path "
+                                                                          "of the saved report)")] = None,
+) -> None:
+    """(Re)build a run's HTML report: counts, per-stage throughput, throughput over time, pLDDT, failures."""
+    from pipeline.report import build_report, latest_run
+    from storage.atlas import Atlas
+
+    try:
+        a = Atlas(atlas)
+        a.require()
+        rid = run_id or latest_run(a)
+        text = build_report(a, rid)
+        if output:
+            output.write_text(text)
+        else:
+            output_url = a.write_run_file(rid, "report.html", text)
+            typer.echo(output_url)
+    except FoldAtlasError as e:
+        _fail(e)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

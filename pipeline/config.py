@@ -68,6 +68,8 @@ class RayConfig(_Strict):
     write_cpus: float = Field(0.5, gt=0)
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per fold actor; default: the node's cores / fold_actors")
+    progress_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between per-stage progress samples (bars, run timeline)")
 
 
 class RunConfig(_Strict):

@@ -130,7 +130,7 @@ def _ray_init(cfg: RunConfig) -> bool:
     return True
 
 
-def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
+def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, tracker: Any = None) -> Any:
     """The Ray Data job; yields one manifest dict per finished unit."""
     import numpy as np
     import ray
@@ -152,17 +152,17 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext) -> Any:
     if ctx.msa is not None:
         from pipeline.stages import MSAActor
 
-        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": ctx.msa},
+        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
                             compute=ActorPoolStrategy(size=cfg.msa.actors), num_cpus=cfg.msa.cpus)
     ds = ds.map_batches(
         FoldActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_settings": _model_settings(cfg),
                                "fold_settings": FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
-                               "torch_threads": threads, "atlas_root": ctx.atlas},
+                               "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
         compute=ActorPoolStrategy(size=cfg.ray.fold_actors), num_cpus=cfg.ray.fold_cpus, num_gpus=gpus,
     )
     ds = ds.map_batches(
-        WriteActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"ctx": ctx},
+        WriteActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"ctx": ctx, "tracker": tracker},
         compute=ActorPoolStrategy(size=cfg.ray.write_actors), num_cpus=cfg.ray.write_cpus,
     )
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
@@ -193,8 +193,8 @@ def _progress(enabled: bool) -> Any:
             h, rem = divmod(int(eta), 3600)
             return Text(f"{rate * 3600:,.0f} seq/h  ETA {h}:{rem // 60:02d}:{rem % 60:02d}")
 
-    return Progress(TextColumn("[bold]folding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), RateEta(),
-                    disable=not enabled, refresh_per_second=2)
+    return Progress(TextColumn("[bold]{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    RateEta(), disable=not enabled, refresh_per_second=2)
 
 
 def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *, progress: bool = True,
@@ -257,18 +257,48 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
 
 def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,
                progress: bool) -> None:
+    import threading
+
     import ray
+
+    from pipeline.progress import remote_tracker, stage_summary, timeline_point
 
     started = _ray_init(cfg)
     tiers: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     t_fold = time.perf_counter()
     by_id = {u.unit_id: u for u in plan.units}
+    stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
+    tracker = remote_tracker(stages)
+    total = plan.sequences_to_predict
+    timeline: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}  # the latest tracker snapshot
+    stop = threading.Event()
     try:
         with _progress(progress) as bar:
-            task = bar.add_task("fold", total=plan.sequences_to_predict)
-            for manifest in _stream_units(plan, cfg, ctx):
+            tasks = {s: bar.add_task(s, total=total) for s in stages}
+
+            def poll() -> None:  # per-stage bars and the timeline, from the tracker's counts
+                while True:
+                    try:
+                        snap = ray.get(tracker.snapshot.remote(), timeout=30)
+                    except Exception as e:  # a slow or lost poll must never stop the run
+                        log.debug("progress poll failed: %s", e)
+                    else:
+                        last.update(snap)
+                        timeline.append(timeline_point(snap, stages, total))
+                        for st, task in tasks.items():
+                            bar.update(task, completed=snap["stages"][st]["sequences"])
+                    if stop.wait(cfg.ray.progress_interval_s):
+                        return
+
+            poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
+            poller.start()
+            for manifest in _stream_units(plan, cfg, ctx, tracker):
+                t_pub = time.perf_counter()
                 atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
+                unit = by_id[manifest["unit_id"]]
+                tracker.record.remote("publish", len(unit.sequences), unit.residues, time.perf_counter() - t_pub)
                 c = manifest["counts"]
                 summary.units_published += 1
                 summary.predicted += c["structures"]
@@ -286,10 +316,21 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
                     tiers[t] += n
                 for r, n in manifest.get("failure_reasons", {}).items():
                     failed[r] += n
-                bar.advance(task, len(by_id[manifest["unit_id"]].sequences))
+            stop.set()
+            poller.join(timeout=60)
+            final = ray.get(tracker.snapshot.remote(), timeout=60)
+            last.update(final)
+            timeline.append(timeline_point(final, stages, total))
+            for st, task in tasks.items():
+                bar.update(task, completed=final["stages"][st]["sequences"])
     finally:
+        stop.set()
         summary.fold_wall_seconds = time.perf_counter() - t_fold
         summary.tiers, summary.failed_by_reason = dict(tiers), dict(failed)
+        summary.timeline = timeline
+        if last:
+            actors = {"msa": cfg.msa.actors, "fold": cfg.ray.fold_actors, "write": cfg.ray.write_actors, "publish": 1}
+            summary.stages = stage_summary(last, actors, summary.fold_wall_seconds)
         if started:
             ray.shutdown()
 
@@ -300,3 +341,6 @@ def _save_summary(atlas: Atlas, summary: RunSummary) -> None:
     if summary.model_trained is False:
         title += " (UNTRAINED model)"
     atlas.write_run_file(summary.run_id, "plddt_histogram.png", plddt_histogram_png(summary.mean_plddts, title))
+    from pipeline.report import build_report
+
+    atlas.write_run_file(summary.run_id, "report.html", build_report(atlas, summary.run_id, json.loads(summary.to_json())))

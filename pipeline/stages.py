@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import pickle
+import time
 from typing import Any
 
 import numpy as np
@@ -21,18 +22,22 @@ log = logging.getLogger(__name__)
 class MSAActor:
     """Searches a unit's uncached sequences in one batched call; passes the unit on with its MSAs."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, tracker: Any = None) -> None:
         self.spec = spec
+        self.tracker = tracker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.msa_stage import search_unit
+        from pipeline.progress import report_stage
 
         results = []
         for payload in batch["payload"]:
+            t0 = time.perf_counter()
             unit = pickle.loads(payload)
             shas = {r.sequence: r.sha256 for r in unit.records}
             result = search_unit({shas[s]: s for s in unit.sequences}, dict(unit.msa_cached), self.spec)
             results.append(pickle.dumps(result, protocol=5))
+            report_stage(self.tracker, "msa", len(unit.sequences), unit.residues, time.perf_counter() - t0)
         return {"unit_id": batch["unit_id"], "payload": batch["payload"], "msa": np.array(results, dtype=object)}
 
 
@@ -40,7 +45,7 @@ class FoldActor:
     """Loads the model once per actor; folds one work unit per call."""
 
     def __init__(self, model_settings: Any, fold_settings: Any, torch_threads: int | None = None,
-                 atlas_root: str | None = None) -> None:
+                 atlas_root: str | None = None, tracker: Any = None) -> None:
         import torch
 
         from model.esmfold import load_backend
@@ -51,17 +56,22 @@ class FoldActor:
         self.backend = load_backend(model_settings)
         self.folder = Folder(self.backend, fold_settings)
         self.atlas_root = atlas_root
+        self.tracker = tracker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.progress import report_stage
+
         msa_column = batch.get("msa")
         results = []
         for i, payload in enumerate(batch["payload"]):
+            t0 = time.perf_counter()
             unit = pickle.loads(payload)
             msa = pickle.loads(msa_column[i]) if msa_column is not None else None
             self.folder.batch_sizes.clear()
             outcomes = self._fold(unit, msa)
             results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes), msa),
                                         protocol=5))
+            report_stage(self.tracker, "fold", len(unit.sequences), unit.residues, time.perf_counter() - t0)
         return {"unit_id": batch["unit_id"], "result": np.array(results, dtype=object)}
 
     def _fold(self, unit: Any, msa: Any) -> list[Any]:
@@ -88,20 +98,24 @@ class FoldActor:
 class WriteActor:
     """Confidence + mmCIF + Parquet into staging; returns the unit manifest as JSON."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, tracker: Any = None) -> None:
         from storage.atlas import Atlas
 
         self.ctx = ctx
         self.atlas = Atlas(ctx.atlas)
+        self.tracker = tracker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.progress import report_stage
         from pipeline.write import write_unit
 
         manifests = []
         for result in batch["result"]:
+            t0 = time.perf_counter()
             unit, outcomes, info, batch_sizes, msa = pickle.loads(result)
             manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa)
             # staged paths relative to the atlas (uploaded to its _staging/ when it is on S3)
             manifest.staged = self.atlas.upload_staged(self.ctx.run_id, manifest.staged)
             manifests.append(json.dumps(dataclasses.asdict(manifest)))
+            report_stage(self.tracker, "write", len(unit.sequences), unit.residues, time.perf_counter() - t0)
         return {"unit_id": batch["unit_id"], "manifest": np.array(manifests, dtype=object)}

@@ -40,6 +40,10 @@ class RunSummary:
     model_seconds: float = 0.0
     total_seconds: float = 0.0
     mean_plddts: list[float] = field(default_factory=list)
+    # per stage (msa, fold, write, publish): units, sequences, busy seconds, throughput, utilisation
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # samples over the run: t (s since the stream started), cumulative sequences and queue per stage
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def sequences_per_hour(self) -> float:
@@ -102,4 +106,8 @@ def render_text(s: RunSummary) -> str:
         f"  units {s.units_published}/{s.units_planned}; fold wall {s.fold_wall_seconds:.1f} s, "
         f"{s.sequences_per_hour:.0f} sequences/h, {s.residues_per_second:.0f} residues/s; total {s.total_seconds:.1f} s",
     ]
+    for name, st in s.stages.items():
+        util = st.get("utilisation")
+        lines.append(f"  stage {name:<7} {st['sequences']} sequences, busy {st['busy_seconds']:.1f} s on "
+                     f"{st['actors']} actor(s)" + (f", utilisation {util:.0%}" if util is not None else ""))
     return "\n".join(lines)

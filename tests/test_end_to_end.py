@@ -177,6 +177,27 @@ def test_summary_and_histogram_saved(atlas_run):
     assert len(published) == summary.units_published
 
 
+def test_stage_progress_and_run_report(atlas_run, tmp_path):
+    """Every stage saw every planned sequence; the report has its four plots and the stage table."""
+    atlas, _, summary, _ = atlas_run
+    assert list(summary.stages) == ["fold", "write", "publish"]
+    for name, st in summary.stages.items():
+        assert st["sequences"] == summary.sequences_planned, name
+        assert st["units"] == summary.units_published and st["busy_seconds"] > 0
+    assert summary.stages["fold"]["utilisation"] is not None and 0 < summary.stages["fold"]["utilisation"] <= 1.05
+    last = summary.timeline[-1]
+    assert last["done"]["publish"] == summary.sequences_planned and all(q == 0 for q in last["queue"].values())
+    saved = json.loads((atlas / "_runs" / summary.run_id / "summary.json").read_text())
+    assert saved["stages"]["publish"]["sequences"] == summary.sequences_planned
+    page = (atlas / "_runs" / summary.run_id / "report.html").read_text()
+    assert page.count("<img alt=") == 4 and "data:image/png;base64," in page and "UNTRAINED" in page
+    assert all(f"<td>{name}</td>" in page for name in summary.stages)
+    out = tmp_path / "r.html"
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(atlas), "-o", str(out)], check=True,
+                   capture_output=True)
+    assert out.read_text().count("<img alt=") == 4
+
+
 def test_cli_get_query_and_sql(atlas_run, tmp_path):
     atlas, *_ = atlas_run
     cli = [sys.executable, "-m", "pipeline.cli"]

@@ -1,0 +1,37 @@
+"""Stage tracking without Ray: counts, timeline samples (queues between stages), per-stage summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.progress import StageTracker, stage_summary, timeline_point
+
+
+def test_tracker_counts_and_queues():
+    tr = StageTracker(("fold", "write", "publish"))
+    tr.record("fold", 10, 3000, 4.0)
+    tr.record("fold", 5, 1000, 2.0)
+    tr.record("write", 10, 3000, 0.5)
+    snap = tr.snapshot()
+    assert snap["stages"]["fold"]["units"] == 2 and snap["stages"]["fold"]["sequences"] == 15
+    assert snap["stages"]["fold"]["busy_seconds"] == pytest.approx(6.0)
+    point = timeline_point(snap, ("fold", "write", "publish"), planned=20)
+    # 5 not folded yet; 5 folded but not written; 10 written but not published
+    assert point["done"] == {"fold": 15, "write": 10, "publish": 0}
+    assert point["queue"] == {"fold": 5, "write": 5, "publish": 10}
+
+
+def test_stage_summary_utilisation_marks_the_bottleneck():
+    tr = StageTracker(("fold", "write"))
+    tr.record("fold", 100, 30000, 90.0)
+    tr.record("write", 100, 30000, 9.0)
+    out = stage_summary(tr.snapshot(), {"fold": 1, "write": 2}, wall_seconds=100.0)
+    assert out["fold"]["utilisation"] == pytest.approx(0.9)
+    assert out["write"]["utilisation"] == pytest.approx(9.0 / 200.0)
+    assert out["fold"]["sequences_per_busy_hour"] == pytest.approx(3600 * 100 / 90, rel=1e-3)
+    assert out["fold"]["sequences_per_hour_wall"] == pytest.approx(3600.0)
+
+
+def test_unknown_stage_is_an_error():
+    with pytest.raises(KeyError):
+        StageTracker(("fold",)).record("msa", 1, 1, 1.0)
