@@ -17,7 +17,12 @@ from collections import Counter
 from typing import Any
 
 from pipeline.errors import AtlasError
+from pipeline.progress import STAGE_ORDER
 from storage.atlas import Atlas
+
+
+def _stage_rank(name: str) -> int:
+    return STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
 
 
 def _png(fig: Any) -> str:
@@ -43,7 +48,7 @@ def _figures(summary: dict[str, Any], structures: list[dict[str, Any]], failures
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     if timeline:
         t = [p["t"] for p in timeline]
-        for stage in timeline[0]["done"]:
+        for stage in (s for s in STAGE_ORDER if s in timeline[0]["done"]):
             ax1.plot(t, [p["done"][stage] for p in timeline], label=stage)
             ax2.plot(t, [p["queue"][stage] for p in timeline], label=stage)
         ax1.legend(fontsize=8)
@@ -93,7 +98,7 @@ def render_report(summary: dict[str, Any], structures: list[dict[str, Any]], fai
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             name, st.get("actors"), st.get("units"), st.get("sequences"), round(st.get("busy_seconds", 0.0), 1),
             st.get("sequences_per_hour_wall"), st.get("sequences_per_busy_hour"), st.get("utilisation"))) + "</tr>"
-        for name, st in (summary.get("stages") or {}).items())
+        for name, st in sorted((summary.get("stages") or {}).items(), key=lambda kv: _stage_rank(kv[0])))
     untrained = ("<p class='warn'>UNTRAINED model (random weights): these structures are not predictions "
                  "of anything.</p>" if summary.get("model_trained") is False else "")
     plots = "".join(f"<figure><img alt='{k}' src='{v}'></figure>" for k, v in figs.items())
