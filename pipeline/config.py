@@ -68,6 +68,9 @@ class RayConfig(_Strict):
     write_cpus: float = Field(0.5, gt=0)
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per fold actor; default: the node's cores / fold_actors")
+    max_task_retries: int = Field(
+        2, ge=0, description="Retries of a unit whose worker process died (actors are restarted); then the "
+                             "unit is split into single sequences and tried again, then failure rows")
     progress_interval_s: float = Field(
         2.0, gt=0, description="Seconds between per-stage progress samples (bars, run timeline)")
 

@@ -28,7 +28,7 @@ from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
 from pipeline.ingest import ingest_many
 from pipeline.msa_stage import MSASpec, make_spec
-from pipeline.plan import Plan, make_plan, reject_key
+from pipeline.plan import Plan, WorkUnit, make_plan, reject_key, unit_id_for
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
 from storage.atlas import Atlas, write_parquet
@@ -130,8 +130,15 @@ def _ray_init(cfg: RunConfig) -> bool:
     return True
 
 
-def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, tracker: Any = None) -> Any:
-    """The Ray Data job; yields one manifest dict per finished unit."""
+def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, tracker: Any = None,
+                  isolate: bool = False) -> Any:
+    """The Ray Data job; yields one manifest dict per finished unit.
+
+    A unit whose worker process dies is retried on a restarted actor up to ``ray.max_task_retries``
+    times; after that Ray Data drops its block (``max_errored_blocks = -1``) and the stream goes on,
+    so one poisoned input never stalls or aborts the run: the caller sees the unit missing.
+    ``isolate`` gives each actor one unit at a time, so a crash takes no queued unit's attempt with it.
+    """
     import numpy as np
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -142,28 +149,32 @@ def _stream_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, tracker: Any = 
     dctx.enable_progress_bars = False  # FoldAtlas shows its own progress (sequences, rate, ETA)
     dctx.print_on_execution_start = False
     dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
+    dctx.max_errored_blocks = -1  # a unit that exhausted its retries is dropped; the driver accounts for it
+    retry = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
+    in_flight = 1 if isolate else None
     gpus = cfg.ray.fold_gpus
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     # CPU inference: the write stage is mostly idle, so torch gets the node's cores by default
     threads = cfg.ray.torch_threads or max(1, (os.cpu_count() or 1) // cfg.ray.fold_actors)
-    items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in plan.units]
+    items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in units]
     ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if ctx.msa is not None:
         from pipeline.stages import MSAActor
 
-        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
-                            compute=ActorPoolStrategy(size=cfg.msa.actors), num_cpus=cfg.msa.cpus)
+        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy",
+                            fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
+                            compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.msa.cpus, **retry)
     ds = ds.map_batches(
         FoldActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_settings": _model_settings(cfg),
                                "fold_settings": FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
                                "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
-        compute=ActorPoolStrategy(size=cfg.ray.fold_actors), num_cpus=cfg.ray.fold_cpus, num_gpus=gpus,
+        compute=ActorPoolStrategy(size=cfg.ray.fold_actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, **retry,
     )
     ds = ds.map_batches(
         WriteActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"ctx": ctx, "tracker": tracker},
-        compute=ActorPoolStrategy(size=cfg.ray.write_actors), num_cpus=cfg.ray.write_cpus,
+        compute=ActorPoolStrategy(size=cfg.ray.write_actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.ray.write_cpus, **retry,
     )
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for text in np.asarray(batch["manifest"]):
@@ -294,28 +305,24 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            for manifest in _stream_units(plan, cfg, ctx, tracker):
-                t_pub = time.perf_counter()
-                atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
-                unit = by_id[manifest["unit_id"]]
-                tracker.record.remote("publish", len(unit.sequences), unit.residues, time.perf_counter() - t_pub)
-                c = manifest["counts"]
-                summary.units_published += 1
-                summary.predicted += c["structures"]
-                summary.failed += c["failures"]
-                summary.entries_written += c["entries"]
-                summary.structures_published += c["published_structures"]
-                summary.residues_predicted += manifest["residues"]
-                summary.model_seconds += manifest["model_seconds"]
-                summary.mean_plddts += manifest["mean_plddts"]
-                summary.model_trained = manifest["model_trained"]
-                summary.msa_searched += manifest["msa_searched"]
-                summary.msa_cached += manifest["msa_cached"]
-                summary.msa_failed += manifest["msa_failed"]
-                for t, n in manifest.get("tiers", {}).items():
-                    tiers[t] += n
-                for r, n in manifest.get("failure_reasons", {}).items():
-                    failed[r] += n
+            pending: list[WorkUnit] = list(plan.units)
+            for attempt in (1, 2):
+                done: set[str] = set()
+                for manifest in _stream_units(pending, cfg, ctx, tracker, isolate=attempt > 1):
+                    _publish(atlas, ctx, manifest, by_id[manifest["unit_id"]], tracker, summary, tiers, failed)
+                    done.add(manifest["unit_id"])
+                lost = [u for u in pending if u.unit_id not in done]
+                if not lost:
+                    break
+                log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
+                            cfg.ray.max_task_retries + 1, attempt, ", ".join(u.unit_id for u in lost[:5]))
+                # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
+                pending = [single for u in lost for single in split_unit(u)] if attempt == 1 else lost
+                by_id.update({u.unit_id: u for u in pending})
+            else:
+                for unit in pending:  # crashed alone on every attempt: failure rows, never a silent skip
+                    manifest = _crash_failures(unit, cfg, ctx, atlas)
+                    _publish(atlas, ctx, manifest, unit, tracker, summary, tiers, failed)
             stop.set()
             poller.join(timeout=60)
             final = ray.get(tracker.snapshot.remote(), timeout=60)
@@ -333,6 +340,64 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
             summary.stages = stage_summary(last, actors, summary.fold_wall_seconds)
         if started:
             ray.shutdown()
+
+
+def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: WorkUnit, tracker: Any,
+             summary: RunSummary, tiers: Counter[str], failed: Counter[str]) -> None:
+    """Publish one unit's staged shards and add its counts to the summary."""
+    t_pub = time.perf_counter()
+    atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
+    tracker.record.remote("publish", len(unit.sequences), unit.residues, time.perf_counter() - t_pub)
+    c = manifest["counts"]
+    summary.units_published += 1
+    summary.predicted += c["structures"]
+    summary.failed += c["failures"]
+    summary.entries_written += c["entries"]
+    summary.structures_published += c["published_structures"]
+    summary.residues_predicted += manifest["residues"]
+    summary.model_seconds += manifest["model_seconds"]
+    summary.mean_plddts += manifest["mean_plddts"]
+    if manifest["model_trained"] is not None:
+        summary.model_trained = manifest["model_trained"]
+    summary.msa_searched += manifest["msa_searched"]
+    summary.msa_cached += manifest["msa_cached"]
+    summary.msa_failed += manifest["msa_failed"]
+    for t, n in manifest.get("tiers", {}).items():
+        tiers[t] += n
+    for r, n in manifest.get("failure_reasons", {}).items():
+        failed[r] += n
+
+
+def split_unit(unit: WorkUnit) -> list[WorkUnit]:
+    """One work unit per sequence (records and cached MSA stats follow their sequence)."""
+    if len(unit.sequences) == 1:
+        return [unit]
+    cached = dict(unit.msa_cached)
+    out = []
+    for seq in unit.sequences:
+        recs = tuple(r for r in unit.records if r.sequence == seq)
+        sha = recs[0].sha256
+        out.append(WorkUnit(unit_id_for(unit.model, [sha]), unit.model, (seq,), recs,
+                            ((sha, cached[sha]),) if sha in cached else ()))
+    return out
+
+
+def _crash_failures(unit: WorkUnit, cfg: RunConfig, ctx: WriteContext, atlas: Atlas) -> dict[str, Any]:
+    """Stage ``worker_crashed`` failure rows for a unit that killed its worker on every attempt."""
+    import dataclasses
+
+    from model.base import ModelInfo, PredictionFailure
+    from pipeline.write import write_unit
+
+    attempts = cfg.ray.max_task_retries + 1
+    msg = (f"the worker process died on each of {attempts} attempts in a batch and {attempts} alone "
+           "(segfault, kill or host out-of-memory); see the Ray worker logs")
+    info = ModelInfo(name=cfg.model.name, version="none (no prediction)", weights_sha256="",
+                     trained=cfg.model.name != "esmfold-tiny")
+    outcomes: list[Any] = [PredictionFailure(s, "worker_crashed", msg, 1) for s in unit.sequences]
+    manifest = write_unit(unit, outcomes, info, {}, ctx)
+    manifest.staged = atlas.upload_staged(ctx.run_id, manifest.staged)
+    return dataclasses.asdict(manifest)
 
 
 def _save_summary(atlas: Atlas, summary: RunSummary) -> None:

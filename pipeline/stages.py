@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pickle
 import time
 from typing import Any
@@ -17,6 +18,17 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# Fault injection for tests and operator drills: a fold worker that receives a unit containing one
+# of these sequence SHA-256s (comma-separated) exits at once, as a segfault or kill -9 would.
+CRASH_ENV = "FOLDATLAS_FAULT_CRASH_SHA256"
+
+
+def _maybe_crash(unit: Any) -> None:
+    poison = {s for s in os.environ.get(CRASH_ENV, "").split(",") if s}
+    if poison and poison & {r.sha256 for r in unit.records}:
+        log.error("fault injection: crashing this worker on unit %s (%s)", unit.unit_id, CRASH_ENV)
+        os._exit(139)
 
 
 class MSAActor:
@@ -66,6 +78,7 @@ class FoldActor:
         for i, payload in enumerate(batch["payload"]):
             t0 = time.perf_counter()
             unit = pickle.loads(payload)
+            _maybe_crash(unit)
             msa = pickle.loads(msa_column[i]) if msa_column is not None else None
             self.folder.batch_sizes.clear()
             outcomes = self._fold(unit, msa)

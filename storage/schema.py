@@ -203,6 +203,8 @@ FAILURE_REASONS: dict[str, str] = {
     "non_finite_output": "The model returned NaN or infinite coordinates or confidences",
     "invalid_output": "The model returned no atoms, or pLDDT/pTM/PAE outside their ranges",
     "msa_error": "The MSA search failed after its retry (tool error or crash); message has the stderr tail",
+    "worker_crashed": "The sequence killed its worker process (segfault, kill, host OOM) on every attempt, "
+                      "also alone; attempts = ray.max_task_retries + 1 per pass",
 }
 
 
