@@ -64,6 +64,11 @@ class RayConfig(_Strict):
     fold_actors: int = Field(1, ge=1)
     fold_cpus: float = Field(1.0, gt=0, description="CPUs per fold actor (GPU runs: per GPU actor)")
     fold_gpus: float | None = Field(None, ge=0, description="GPUs per fold actor; None: 1 if GPUs exist")
+    fold_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per fold actor, e.g. {h100 = 1} to keep folding "
+                                           "on nodes started with --resources '{\"h100\": 8}'")
+    cpu_stage_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per MSA and write actor (CPU node groups)")
     write_actors: int = Field(1, ge=1)
     write_cpus: float = Field(0.5, gt=0)
     torch_threads: int | None = Field(

@@ -55,10 +55,17 @@ class StageTracker:
 
 
 def remote_tracker(stages: tuple[str, ...]) -> Any:
-    """A :class:`StageTracker` as a Ray actor that reserves no CPU (it only counts)."""
-    import ray
+    """A :class:`StageTracker` as a Ray actor that reserves no CPU (it only counts).
 
-    return ray.remote(num_cpus=0)(StageTracker).remote(stages)
+    It is placed on the driver's node when possible, so losing a worker node does not lose the
+    counts, and it is restarted if it dies anyway (counting then starts again from zero).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    options = {"num_cpus": 0, "max_restarts": -1, "scheduling_strategy": here}
+    return ray.remote(StageTracker).options(**options).remote(stages)
 
 
 def report_stage(tracker: Any, stage: str, sequences: int, residues: int, seconds: float) -> None:

@@ -164,17 +164,20 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
 
         ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy",
                             fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
-                            compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.msa.cpus, **retry)
+                            compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight),
+                            num_cpus=cfg.msa.cpus, resources=cfg.ray.cpu_stage_resources or None, **retry)
     ds = ds.map_batches(
         FoldActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_settings": _model_settings(cfg),
                                "fold_settings": FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
                                "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
-        compute=ActorPoolStrategy(size=cfg.ray.fold_actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, **retry,
+        compute=ActorPoolStrategy(size=cfg.ray.fold_actors, max_tasks_in_flight_per_actor=in_flight),
+        num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, resources=cfg.ray.fold_resources or None, **retry,
     )
     ds = ds.map_batches(
         WriteActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"ctx": ctx, "tracker": tracker},
-        compute=ActorPoolStrategy(size=cfg.ray.write_actors, max_tasks_in_flight_per_actor=in_flight), num_cpus=cfg.ray.write_cpus, **retry,
+        compute=ActorPoolStrategy(size=cfg.ray.write_actors, max_tasks_in_flight_per_actor=in_flight),
+        num_cpus=cfg.ray.write_cpus, resources=cfg.ray.cpu_stage_resources or None, **retry,
     )
     for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for text in np.asarray(batch["manifest"]):
@@ -325,11 +328,15 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
                     _publish(atlas, ctx, manifest, unit, tracker, summary, tiers, failed)
             stop.set()
             poller.join(timeout=60)
-            final = ray.get(tracker.snapshot.remote(), timeout=60)
-            last.update(final)
-            timeline.append(timeline_point(final, stages, total))
-            for st, task in tasks.items():
-                bar.update(task, completed=final["stages"][st]["sequences"])
+            try:
+                final = ray.get(tracker.snapshot.remote(), timeout=60)
+            except Exception as e:  # progress is for reporting; its loss must not fail a finished run
+                log.warning("could not read the final stage counts: %s", e)
+            else:
+                last.update(final)
+                timeline.append(timeline_point(final, stages, total))
+                for st, task in tasks.items():
+                    bar.update(task, completed=final["stages"][st]["sequences"])
     finally:
         stop.set()
         summary.fold_wall_seconds = time.perf_counter() - t_fold
