@@ -80,6 +80,18 @@ class RayConfig(_Strict):
         2.0, gt=0, description="Seconds between per-stage progress samples (bars, run timeline)")
 
 
+class LongSequenceConfig(_Strict):
+    """Long sequences fold in their own actor pool: trunk chunking and a smaller batch budget."""
+
+    chunked_above: int | None = Field(
+        None, ge=1, description="Sequences longer than this fold in the long pool (None: one pool for all)")
+    chunk_size: int = Field(32, ge=1, description="Trunk chunk size in the long pool (lower: less memory)")
+    actors: int = Field(1, ge=1, description="Fold actors in the long pool")
+    max_tokens_per_batch: int = Field(2048, ge=1, description="Padded tokens per model call: the pool's "
+                                                                "activation-memory budget per actor")
+    memory_gb: float | None = Field(None, gt=0, description="Host memory Ray reserves per long-pool actor")
+
+
 class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     ingest: IngestPolicy = IngestPolicy()
@@ -87,6 +99,7 @@ class RunConfig(_Strict):
     confidence: ConfidencePolicy = ConfidencePolicy()
     msa: MSAConfig = MSAConfig()
     ray: RayConfig = RayConfig()
+    long_sequences: LongSequenceConfig = LongSequenceConfig()
     is_reference_proteome: bool | None = Field(
         None, description="Value for entries.isReferenceProteome (unknown from FASTA alone)"
     )

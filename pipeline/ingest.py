@@ -125,6 +125,11 @@ class IngestPolicy(BaseModel):
     nonstandard: NonstandardPolicy = Field(default_factory=NonstandardPolicy)
     terminal_stop: Literal["strip", "reject"] = "strip"
     duplicate_accessions: Literal["reject", "keep"] = "reject"
+    fragment_above: int | None = Field(
+        default=None, ge=1, description="Sequences longer than this are modelled as overlapping fragments "
+                                        "F1..Fn, as AlphaFold DB does for proteins over 2,700 residues (None: off)")
+    fragment_window: int = Field(default=1400, ge=16, description="Fragment length (AFDB: 1,400)")
+    fragment_step: int = Field(default=200, ge=1, description="Offset between fragment starts (AFDB: 200)")
 
     @field_validator("nonstandard", mode="before")
     @classmethod
@@ -137,6 +142,12 @@ class IngestPolicy(BaseModel):
     def _check_bounds(self) -> IngestPolicy:
         if self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} > max_length {self.max_length}")
+        if self.fragment_above is not None:
+            if self.fragment_window > self.fragment_above:
+                raise ValueError(f"fragment_window {self.fragment_window} > fragment_above {self.fragment_above}")
+            if self.fragment_step > self.fragment_window:
+                raise ValueError(f"fragment_step {self.fragment_step} > fragment_window {self.fragment_window}: "
+                                 "fragments would leave gaps")
         return self
 
 
@@ -183,6 +194,8 @@ class AcceptedRecord:
     crc64: str
     md5: str
     notes: tuple[str, ...] = ()
+    fragment: int = 1  # 1 for a whole sequence; k for fragment Fk of a long one
+    start: int = 1  # first residue of ``sequence`` in the input sequence (1-based)
 
     def afdb_metadata(self) -> dict[str, Any]:
         """The AlphaFold DB ``metadata`` columns that the input alone determines."""
@@ -196,8 +209,8 @@ class AcceptedRecord:
             "isReviewed": self.is_reviewed,
             "sequenceChecksum": self.crc64,
             "uniprotSequence": self.sequence,
-            "uniprotStart": 1,
-            "uniprotEnd": self.length,
+            "uniprotStart": self.start,
+            "uniprotEnd": self.start + self.length - 1,
         }
 
 
@@ -587,7 +600,34 @@ def ingest_many(paths: Iterable[str | os.PathLike[str]], policy: IngestPolicy | 
         raise AssertionError(
             f"ingest lost records: accepted {len(accepted)} + rejected {len(rejected)} != read {tally.n_read}"
         )
+    if pol.fragment_above is not None:
+        accepted = [f for rec in accepted for f in fragment_record(rec, pol)]
     return IngestResult(accepted, rejected, tally.n_read)
+
+
+def fragment_windows(length: int, window: int, step: int) -> list[tuple[int, int]]:
+    """0-based ``(start, stop)`` windows covering ``length``: starts every ``step``; the last window
+    ends at the sequence end (as AlphaFold DB's fragments of its longest proteins do)."""
+    if length <= window:
+        return [(0, length)]
+    starts = list(range(0, length - window, step))
+    starts.append(length - window)
+    return [(s, s + window) for s in starts]
+
+
+def fragment_record(rec: AcceptedRecord, policy: IngestPolicy) -> list[AcceptedRecord]:
+    """``rec`` itself, or its fragments F1..Fn when it is longer than ``policy.fragment_above``."""
+    if policy.fragment_above is None or rec.length <= policy.fragment_above:
+        return [rec]
+    out = []
+    windows = fragment_windows(rec.length, policy.fragment_window, policy.fragment_step)
+    for k, (s, e) in enumerate(windows, start=1):
+        seq = rec.sequence[s:e]
+        sha256, crc, md5 = sequence_hashes(seq)
+        out.append(replace(rec, sequence=seq, length=len(seq), sha256=sha256, crc64=crc, md5=md5, fragment=k,
+                           start=s + 1, notes=(*rec.notes, f"fragment F{k} of {len(windows)}: residues {s + 1}-{e} "
+                                                             f"of {rec.length}")))
+    return out
 
 
 def ingest(path: str | os.PathLike[str], policy: IngestPolicy | None = None) -> IngestResult:

@@ -60,15 +60,34 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def _model_settings(cfg: RunConfig) -> Any:
+def _model_settings(cfg: RunConfig, chunk_size: int | None = None) -> Any:
     from model.esmfold import ESMFoldSettings
 
     m = cfg.model
     from model.fastpath import FastPathSettings
 
     return ESMFoldSettings(name=m.name, weights=m.weights, weights_sha256=m.weights_sha256, device=m.device,
-                           precision=m.precision, num_recycles=m.num_recycles, chunk_size=m.chunk_size,
+                           precision=m.precision, num_recycles=m.num_recycles, chunk_size=chunk_size or m.chunk_size,
                            fast=FastPathSettings() if m.fast_path else None)
+
+
+def route_long(units: Sequence[WorkUnit], above: int | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
+    """(normal units, long units): a unit straddling ``above`` is cut in two (deterministic ids)."""
+    if above is None:
+        return list(units), []
+    normal: list[WorkUnit] = []
+    long: list[WorkUnit] = []
+    for u in units:
+        short_seqs = tuple(s for s in u.sequences if len(s) <= above)
+        if len(short_seqs) in (0, len(u.sequences)):
+            (normal if short_seqs else long).append(u)
+            continue
+        for seqs, dest in ((short_seqs, normal), (tuple(s for s in u.sequences if len(s) > above), long)):
+            recs = tuple(r for r in u.records if r.sequence in set(seqs))
+            shas = {r.sha256 for r in recs}
+            dest.append(WorkUnit(unit_id_for(u.model, shas), u.model, seqs, recs,
+                                 tuple(m for m in u.msa_cached if m[0] in shas)))
+    return normal, long
 
 
 def _check_model_inputs(cfg: RunConfig) -> None:
@@ -157,23 +176,40 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     # CPU inference: the write stage is mostly idle, so torch gets the node's cores by default
     threads = cfg.ray.torch_threads or max(1, (os.cpu_count() or 1) // cfg.ray.fold_actors)
-    items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in units]
-    ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    if ctx.msa is not None:
-        from pipeline.stages import MSAActor
+    long_cfg = cfg.long_sequences
+    pools = []  # (units, fold settings, model settings, actors, memory reserved per actor)
+    for part, is_long in zip(route_long(units, long_cfg.chunked_above), (False, True), strict=True):
+        if not part:
+            continue
+        if is_long:
+            memory = int(long_cfg.memory_gb * 2**30) if long_cfg.memory_gb else None
+            pools.append((part, FoldSettings(long_cfg.max_tokens_per_batch, cfg.plan.max_batch_size),
+                          _model_settings(cfg, long_cfg.chunk_size), long_cfg.actors, memory))
+        else:
+            pools.append((part, FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
+                          _model_settings(cfg), cfg.ray.fold_actors, None))
+    folded = []
+    for part, fold_settings, model_settings, actors, memory in pools:
+        items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in part]
+        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        if ctx.msa is not None:
+            from pipeline.stages import MSAActor
 
-        ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy",
-                            fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
-                            compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight),
-                            num_cpus=cfg.msa.cpus, resources=cfg.ray.cpu_stage_resources or None, **retry)
-    ds = ds.map_batches(
-        FoldActor, batch_size=1, batch_format="numpy",
-        fn_constructor_kwargs={"model_settings": _model_settings(cfg),
-                               "fold_settings": FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
-                               "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
-        compute=ActorPoolStrategy(size=cfg.ray.fold_actors, max_tasks_in_flight_per_actor=in_flight),
-        num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, resources=cfg.ray.fold_resources or None, **retry,
-    )
+            ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy",
+                                fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
+                                compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight),
+                                num_cpus=cfg.msa.cpus, resources=cfg.ray.cpu_stage_resources or None, **retry)
+        folded.append(ds.map_batches(
+            FoldActor, batch_size=1, batch_format="numpy",
+            fn_constructor_kwargs={"model_settings": model_settings, "fold_settings": fold_settings,
+                                   "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
+            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight),
+            num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, memory=memory, resources=cfg.ray.fold_resources or None,
+            **retry,
+        ))
+    if not folded:
+        return
+    ds = folded[0] if len(folded) == 1 else folded[0].union(*folded[1:])
     ds = ds.map_batches(
         WriteActor, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"ctx": ctx, "tracker": tracker},
         compute=ActorPoolStrategy(size=cfg.ray.write_actors, max_tasks_in_flight_per_actor=in_flight),
@@ -232,7 +268,9 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         atlas.write_run_file(run_id, "provenance.json", json.dumps(provenance, indent=2))
 
         result = ingest_many([str(p) for p in inputs], cfg.ingest)
-        summary.read, summary.accepted, summary.rejected = result.n_read, len(result.accepted), len(result.rejected)
+        summary.read, summary.rejected = result.n_read, len(result.rejected)
+        summary.accepted = len({(r.source, r.record_index) for r in result.accepted})  # fragments: one record
+        summary.fragments = sum(1 for r in result.accepted if r.notes and r.notes[-1].startswith("fragment F"))
         summary.rejected_by_reason = result.reject_counts()
         plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec)
         summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
@@ -281,7 +319,9 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     tiers: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     t_fold = time.perf_counter()
-    by_id = {u.unit_id: u for u in plan.units}
+    normal, long = route_long(plan.units, cfg.long_sequences.chunked_above)
+    summary.units_planned, summary.units_long = len(normal) + len(long), len(long)
+    by_id = {u.unit_id: u for u in (*normal, *long)}
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -308,7 +348,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            pending: list[WorkUnit] = list(plan.units)
+            pending: list[WorkUnit] = [*normal, *long]
             for attempt in (1, 2):
                 done: set[str] = set()
                 for manifest in _stream_units(pending, cfg, ctx, tracker, isolate=attempt > 1):

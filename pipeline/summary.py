@@ -23,9 +23,11 @@ class RunSummary:
     new_rejects: int = 0
     already_in_atlas: int = 0  # accepted records whose entry existed before this run
     linked: int = 0  # entries pointing to predictions made earlier
+    fragments: int = 0  # fragment records F1..Fn made from long sequences (ingest.fragment_above)
     sequences_planned: int = 0
     units_planned: int = 0
     units_published: int = 0
+    units_long: int = 0  # units folded in the long-sequence pool (long_sequences.chunked_above)
     predicted: int = 0  # new structures
     failed: int = 0  # new failure rows
     failed_by_reason: dict[str, int] = field(default_factory=dict)

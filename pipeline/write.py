@@ -36,8 +36,8 @@ MODEL_VERSION = 1  # entries.latestVersion: FoldAtlas model version of an entry
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def entry_id(accession: str) -> str:
-    return f"FA-{_SAFE.sub('_', accession)}-F1"
+def entry_id(accession: str, fragment: int = 1) -> str:
+    return f"FA-{_SAFE.sub('_', accession)}-F{fragment}"
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class UnitManifest:
 def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
     uniprot = rec.is_reviewed is not None
     return ModelCIFEntry(
-        entry_id=entry_id(rec.accession),
+        entry_id=entry_id(rec.accession, rec.fragment),
         accession=rec.accession,
         uniprot_id=rec.uniprot_id,
         description=rec.description,
@@ -79,6 +79,7 @@ def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
         sequence_db_name="UNP" if uniprot else Path(rec.source).name,
         sequence_version_date=None,
         model_created_date=created,
+        db_align_begin=rec.start,
     )
 
 
@@ -90,7 +91,7 @@ def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: da
     row: dict[str, Any] = {name: None for name in ENTRIES_SCHEMA.names}
     row.update(rec.afdb_metadata())
     row.update(
-        entryId=entry_id(rec.accession),
+        entryId=entry_id(rec.accession, rec.fragment),
         allVersions=[MODEL_VERSION],
         latestVersion=MODEL_VERSION,
         modelCreatedDate=m.get("modelCreatedDate", created_at.date()),
@@ -201,7 +202,7 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
         pred = outcome
         if metrics.published:
             cif = render_modelcif(pred, _modelcif_entry(rep, created_at.date()), info, provenance)
-            base = entry_id(rep.accession)
+            base = entry_id(rep.accession, rep.fragment)
             cif_name = _member_name(f"{base}-model_v{MODEL_VERSION}.cif.gz", used, sha)
             pae_name = _member_name(f"{base}-predicted_aligned_error_v{MODEL_VERSION}.json.gz", used, sha)
             members.append((cif_name, gzip.compress(cif.encode(), mtime=0)))

@@ -61,7 +61,7 @@ class FoundEntry:
             description=e.get("uniprotDescription") or "", organism_scientific_name=e.get("organismScientificName"),
             tax_id=e.get("taxId"), sequence_db_name="UNP" if e.get("isReviewed") is not None else
             (e.get("source_file") or "input"), sequence_version_date=e.get("sequenceVersionDate"),
-            model_created_date=e.get("modelCreatedDate"),
+            model_created_date=e.get("modelCreatedDate"), db_align_begin=e.get("uniprotStart") or 1,
         )
         return retarget_modelcif(text, target)
 

@@ -140,6 +140,7 @@ class ModelCIFEntry:
     model_created_date: dt.date | str | None
     gene_name: str | None = None
     sequence_checksum: str | None = None
+    db_align_begin: int = 1  # first residue of the model in the database sequence (fragments: > 1)
 
     def __post_init__(self) -> None:
         if not self.entry_id or any(c.isspace() for c in self.entry_id):
@@ -295,17 +296,18 @@ def _set_entry_categories(
     if entry.accession is None:
         return
     db_name = entry.sequence_db_name if entry.sequence_db_name in _REF_DB_NAMES else "Other"
+    db_beg, db_end = str(entry.db_align_begin), str(entry.db_align_begin + len(sequence) - 1)
     db_code = entry.uniprot_id or entry.accession
     _row(block, "_ma_target_ref_db_details.", db_accession=entry.accession, db_code=db_code, db_name=db_name,
          db_name_other_details=entry.sequence_db_name if db_name == "Other" else None,
          gene_name=entry.gene_name, ncbi_taxonomy_id=None if entry.tax_id is None else str(entry.tax_id),
-         organism_scientific=entry.organism_scientific_name, seq_db_align_begin="1", seq_db_align_end=n,
+         organism_scientific=entry.organism_scientific_name, seq_db_align_begin=db_beg, seq_db_align_end=db_end,
          seq_db_isoform=None, seq_db_sequence_checksum=entry.sequence_checksum,
          seq_db_sequence_version_date=_iso(entry.sequence_version_date), target_entity_id="1")  # fmt: skip
     _row(block, "_struct_ref.", db_code=db_code, db_name=entry.sequence_db_name, entity_id="1", id="1",
-         pdbx_align_begin="1", pdbx_align_end=n, pdbx_db_accession=entry.accession, pdbx_db_isoform=None,
+         pdbx_align_begin=db_beg, pdbx_align_end=db_end, pdbx_db_accession=entry.accession, pdbx_db_isoform=None,
          pdbx_seq_one_letter_code=_wrap(sequence))  # fmt: skip
-    _row(block, "_struct_ref_seq.", align_id="1", db_align_beg="1", db_align_end=n,
+    _row(block, "_struct_ref_seq.", align_id="1", db_align_beg=db_beg, db_align_end=db_end,
          pdbx_PDB_id_code=entry.entry_id, pdbx_auth_seq_align_beg="1", pdbx_auth_seq_align_end=n,
          pdbx_db_accession=entry.accession, pdbx_strand_id=_CHAIN, ref_id="1", seq_align_beg="1",
          seq_align_end=n)  # fmt: skip
