@@ -1,0 +1,49 @@
+"""A small real atlas for the release tests: 11 records folded by the tiny ESMFold on local Ray.
+
+Ten short UniProt records of ``tests/data/uniprot/sample.fasta`` (ten taxa) plus one record with
+a plain, non-UniProt header (``contig_7``, no taxId) whose sequence repeats A0A1D5P1X9's, so two
+entries share one structure and the release must re-label the mmCIF for the second. Built once
+per session through the real pipeline (``pipeline.runner.run``), ~30 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SAMPLE = DATA / "uniprot" / "sample.fasta"
+ACCESSIONS = ["A0A1D5P1X9", "G3MBJ6", "A0A371WXQ8", "A0A5B7FTI9", "A0A3A8NX55", "A0A140H1J1", "B8CSY5",
+              "A0A4D9CK05", "W1INK5", "T1TFT7"]
+SHARED = ("contig_7", "A0A1D5P1X9")  # plain-header record, UniProt record with the same sequence
+
+
+def _input_fasta(path: Path) -> Path:
+    records = {r.split("|")[1]: ">" + r for r in SAMPLE.read_text().split(">")[1:]}
+    chosen = [records[a] for a in ACCESSIONS]
+    shared_seq = records[SHARED[1]].split("\n", 1)[1]
+    path.write_text("".join(chosen) + f">{SHARED[0]} unknown organism\n{shared_seq}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def release_atlas(tmp_path_factory, ray_session) -> Path:
+    from pipeline.config import load_config
+    from pipeline.runner import run
+
+    tmp = tmp_path_factory.mktemp("release_atlas")
+    cfg = tmp / "run.toml"
+    cfg.write_text(textwrap.dedent("""
+        [model]
+        name = "esmfold-tiny"
+        [plan]
+        unit_max_residues = 400
+        [ray]
+        fold_cpus = 1.0
+        write_cpus = 0.5
+    """))
+    atlas = tmp / "atlas"
+    run([_input_fasta(tmp / "input.fasta")], atlas, load_config(cfg), progress=False)
+    return atlas
