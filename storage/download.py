@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -162,16 +163,24 @@ def download_release(manifest_uri: str, out_dir: str | Path, *, where: str | Non
     skipped: list[str] = []
 
     def run(files: list[FileRecord]) -> None:
+        """Fetch in parallel; the first error stops what has not started (a re-run resumes)."""
+        stop = threading.Event()
+
+        def one(rec: FileRecord) -> bool | None:
+            if stop.is_set():
+                return None
+            try:
+                return _get(source, rec, out, on_fetch)
+            except BaseException:
+                stop.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="download") as pool:
-            futures = {pool.submit(_get, source, f, out, on_fetch): f for f in files}
-            errors = []
-            for fut, rec in futures.items():
-                try:
-                    (fetched if fut.result() else skipped).append(rec.path)
-                except ReleaseError as e:
-                    errors.append(e)
-            if errors:
-                raise errors[0]
+            futures = {pool.submit(one, f): f for f in files}
+            for fut in as_completed(futures):
+                done = fut.result()
+                if done is not None:
+                    (fetched if done else skipped).append(futures[fut].path)
 
     if where:
         run(side)

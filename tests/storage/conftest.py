@@ -47,3 +47,13 @@ def release_atlas(tmp_path_factory, ray_session) -> Path:
     atlas = tmp / "atlas"
     run([_input_fasta(tmp / "input.fasta")], atlas, load_config(cfg), progress=False)
     return atlas
+
+
+@pytest.fixture(scope="session")
+def release(release_atlas, tmp_path_factory) -> Path:
+    """A release of the whole atlas in plain numbered shards of 4 entries (read-only: copy to corrupt)."""
+    from storage.release import ExportOptions, export_release
+
+    dest = tmp_path_factory.mktemp("release") / "release"
+    export_release(str(release_atlas), str(dest), ExportOptions(by="none", shard_size=4, engine="threads"))
+    return dest
