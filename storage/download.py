@@ -105,15 +105,14 @@ class HttpSource:
 
 
 def source_for(manifest_uri: str) -> Source:
+    """The source of a release from its manifest's location (a release root also works)."""
+    if not manifest_uri.rstrip("/").endswith(MANIFEST):
+        manifest_uri = manifest_uri.rstrip("/") + "/" + MANIFEST
     if manifest_uri.startswith(("http://", "https://")):
-        base = manifest_uri.rsplit("/", 1)[0] + "/"
-        return HttpSource(base, manifest_uri)
-    parent = manifest_uri.rsplit("/", 1)[0] if manifest_uri.startswith("s3://") else \
-        str(Path(manifest_uri).expanduser().resolve().parent)
-    if not manifest_uri.endswith(MANIFEST):
-        raise ReleaseError(f"{manifest_uri}: expected a path ending in {MANIFEST}",
-                           hint=f"Give e.g. s3://bucket/release/{MANIFEST}.")
-    return StoreSource(parent)
+        return HttpSource(manifest_uri.rsplit("/", 1)[0] + "/", manifest_uri)
+    if manifest_uri.startswith("s3://"):
+        return StoreSource(manifest_uri.rsplit("/", 1)[0])
+    return StoreSource(str(Path(manifest_uri).expanduser().resolve().parent))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import tarfile
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from pipeline.errors import AtlasError, ReleaseError
 from storage.release import ACCESSION_IDS, MANIFEST, METADATA, Manifest, member_names, sha256_stream
@@ -96,9 +97,6 @@ def _glob(store: Store, table: str) -> str:
 
 
 def validate_atlas(store: Store) -> Report:
-    from storage.atlas import Atlas
-    from storage.entry import FoundEntry
-
     problems: list[Problem] = []
     con = store.duckdb()
     e, s = _glob(store, "entries"), _glob(store, "structures")
@@ -123,13 +121,26 @@ def validate_atlas(store: Store) -> Report:
         counts = dict(zip(("entries", "structures"),
                           con.sql(f"SELECT (SELECT count(*) FROM {e}), (SELECT count(*) FROM {s})").fetchall()[0],
                           strict=True))
-        published = con.sql(f"SELECT * FROM {s} WHERE published ORDER BY mmcif_shard, mmcif_offset").to_arrow_table()
+        sizes = {f.path: f.size for f in store.list("mmcif", ".tar")}
+        reader = con.sql(f"SELECT * FROM {s} WHERE published ORDER BY mmcif_shard, mmcif_offset").to_arrow_reader(1024)
+        n_published = members = 0
+        for batch in reader:  # streamed: a batch of structures rows at a time
+            n_published += batch.num_rows
+            members += _check_members(store, sizes, batch.to_pylist(), problems)
     finally:
         con.close()
-    sizes = {f.path: f.size for f in store.list("mmcif", ".tar")}
+    counts.update(published_structures=n_published, members_read=members, shards=len(sizes))
+    return Report("atlas", store.uri, counts, problems)
+
+
+def _check_members(store: Store, sizes: dict[str, int], rows: list[dict[str, Any]], problems: list[Problem]) -> int:
+    """Read each published structure's members (through storage.entry); returns how many were read."""
+    from storage.atlas import Atlas
+    from storage.entry import FoundEntry
+
     atlas = Atlas(store.uri)
     members = 0
-    for row in published.to_pylist():
+    for row in rows:
         where = f"{row.get('mmcif_shard')} {row.get('representative_accession')}"
         shard = row.get("mmcif_shard")
         if shard not in sizes:
@@ -153,8 +164,7 @@ def validate_atlas(store: Store) -> Report:
         if err:
             problems.append(Problem("bad_mmcif", where, err))
         members += 1
-    counts.update(published_structures=published.num_rows, members_read=members, shards=len(sizes))
-    return Report("atlas", store.uri, counts, problems)
+    return members
 
 
 # ---- release ----------------------------------------------------------------------------------
