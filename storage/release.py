@@ -369,11 +369,14 @@ class _Pool:
         return self.done
 
 
-def choose_engine(engine: Engine, shards: int) -> str:
-    """``auto``: Ray when it is already running or the release has more than 2 shards.
+RAY_MIN_ENTRIES = 1000
 
-    Starting a local Ray costs ~10 s on 2 cores, more than building two small shards; see
-    docs/releases.md for the measurements.
+
+def choose_engine(engine: Engine, shards: int, entries: int) -> str:
+    """``auto``: Ray when it is already running, or for more than one shard and >= 1000 entries.
+
+    Starting a local Ray and its first workers costs ~20 s on 2 cores, the time threads take to
+    build several hundred entries; see docs/releases.md for the measurements.
     """
     if engine != "auto":
         return engine
@@ -383,7 +386,7 @@ def choose_engine(engine: Engine, shards: int) -> str:
         return "threads"
     import ray
 
-    return "ray" if ray.is_initialized() or shards > 2 else "threads"
+    return "ray" if ray.is_initialized() or (shards > 1 and entries >= RAY_MIN_ENTRIES) else "threads"
 
 
 # ---- the export -------------------------------------------------------------------------------
@@ -479,7 +482,7 @@ def export_release(atlas_uri: str, dest_uri: str, opts: ExportOptions,
                                hint="Narrow --where to one model, e.g. \"model = 'esmfold'\".")
         n_shards = int(con.execute(f"SELECT count(DISTINCT _shard) FROM ({_plan_sql(atlas, predicate, opts)})")
                        .fetchall()[0][0])
-        engine = choose_engine(opts.engine, n_shards)
+        engine = choose_engine(opts.engine, n_shards, counts["exported_entries"])
         log.info("export %s -> %s: %d entries in %d shards (%s)", atlas.uri, dest.uri,
                  counts["exported_entries"], n_shards, engine)
         pool = _Pool(engine, opts.max_inflight, opts.cpus_per_task)
