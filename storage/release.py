@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -145,10 +145,11 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str = MANIFEST) -> Manifest:
         try:
             d = json.loads(text)
-            d["files"] = [FileRecord(**f) for f in d["files"]]
             if d.get("format") != "foldatlas-release":
                 raise ValueError(f"format is {d.get('format')!r}, not 'foldatlas-release'")
-            return cls(**d)
+            known = {f.name for f in fields(FileRecord)}  # newer manifests may add keys: ignore them
+            d["files"] = [FileRecord(**{k: v for k, v in f.items() if k in known}) for f in d["files"]]
+            return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
         except (ValueError, TypeError, KeyError) as e:
             raise ReleaseError(f"{where}: not a FoldAtlas release manifest ({e})",
                                hint="Point at the manifest.json that `foldatlas export` wrote.") from e

@@ -21,7 +21,16 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from storage.release import CONFIDENCE_EDGES, ExportOptions, confidence_bin, export_release, group_sql
+from pipeline.errors import ReleaseError
+from storage.release import (
+    CONFIDENCE_EDGES,
+    ExportOptions,
+    FileRecord,
+    Manifest,
+    confidence_bin,
+    export_release,
+    group_sql,
+)
 from tests.storage.conftest import SHARED
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -164,3 +173,17 @@ def test_where_none_grouping_and_bad_sql(release_atlas, tmp_path):
     bad = runner.invoke(app, ["export", str(release_atlas), "--to", str(tmp_path / "b"), "--where", "taxId = = 1"])
     assert bad.exit_code == 2 and "not a valid predicate" in bad.output
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_manifest_round_trip_ignores_unknown_keys_and_rejects_other_json(tmp_path):
+    m = Manifest(release="1", source_atlas="a", where=None, by="none", shard_size=2, formats=["mmcif"],
+                 created_at="2026-12-01T00:00:00+00:00", foldatlas_version="0", git_commit="x",
+                 counts={"exported_entries": 0}, files=[FileRecord("x.tar", 1, "0" * 64, 0, "shard")])
+    d = json.loads(m.to_json())
+    d["future_key"] = 1
+    d["files"][0]["mirror_url"] = "https://example.org/x.tar"
+    assert Manifest.from_json(json.dumps(d)) == m
+    with pytest.raises(ReleaseError, match="not a FoldAtlas release manifest"):
+        Manifest.from_json('{"format": "something-else", "files": []}')
+    out = CliRunner().invoke(app, ["validate", str(tmp_path)])
+    assert out.exit_code == 2 and "neither atlas.json nor manifest.json" in out.output
