@@ -187,3 +187,17 @@ def test_manifest_round_trip_ignores_unknown_keys_and_rejects_other_json(tmp_pat
         Manifest.from_json('{"format": "something-else", "files": []}')
     out = CliRunner().invoke(app, ["validate", str(tmp_path)])
     assert out.exit_code == 2 and "neither atlas.json nor manifest.json" in out.output
+
+
+@pytest.mark.slow
+def test_msa_format_adds_each_entrys_a3m(release_atlas, tmp_path):
+    export_release(str(release_atlas), str(tmp_path / "m"),
+                   ExportOptions(by="none", formats=("mmcif", "msa"), engine="threads"))
+    a3m = dict(duckdb.sql(
+        f"SELECT e.entryId, m.a3m FROM read_parquet('{release_atlas}/entries/*.parquet', union_by_name=true) e "
+        f"JOIN read_parquet('{release_atlas}/msas/*.parquet', union_by_name=true) m USING (msa_key)").fetchall())
+    assert len(a3m) == len(entries(release_atlas))  # every entry of the atlas has its MSA
+    members = tar_members(tmp_path / "m" / "shard-0_v1.tar")
+    assert sorted(members) == sorted([f"{e}-model_v1.cif.gz" for e in a3m] + [f"{e}-msa_v1.a3m.gz" for e in a3m])
+    for eid, text in a3m.items():
+        assert members[f"{eid}-msa_v1.a3m.gz"].decode() == text
