@@ -32,7 +32,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.errors import AtlasError, ReleaseError
-from storage.release import ACCESSION_IDS, MANIFEST, METADATA, Manifest, member_names, sha256_stream
+from storage.release import (
+    ACCESSION_IDS,
+    MANIFEST,
+    METADATA,
+    SEQUENCES,
+    Manifest,
+    member_names,
+    sha256_stream,
+)
 from storage.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -219,10 +227,14 @@ def validate_release(store: Store) -> Report:
         if meta_by_shard[shard] != per_shard[shard] and shard in present:
             problems.append(Problem("count_mismatch", shard, f"{per_shard[shard]} mmCIF members, "
                                                              f"{meta_by_shard[shard]} metadata rows"))
+    fasta_records = _fasta_records(store) if SEQUENCES in present else 0
     total = manifest.counts.get("exported_entries")
-    for name, n in ((METADATA, len(meta_rows)), (ACCESSION_IDS, len(csv_ids)), ("tar members", len(in_tars))):
-        if n != total:
-            problems.append(Problem("count_mismatch", name, f"{n} entries, manifest says {total}"))
+    for name, n in ((METADATA, len(meta_rows)), (ACCESSION_IDS, len(csv_ids)), (SEQUENCES, fasta_records),
+                    ("tar members", len(in_tars))):
+        listed_rec = manifest.file(name)
+        if n != total or (listed_rec is not None and listed_rec.entries != n):
+            problems.append(Problem("count_mismatch", name, f"{n} entries, manifest says {total} in all"
+                                    + (f" and {listed_rec.entries} in this file" if listed_rec is not None else "")))
     meta_ids = dict(meta_rows)
     for entry_id, shard in sorted(meta_ids.items()):
         if in_tars.get(entry_id) != shard:
@@ -246,6 +258,11 @@ def _metadata_rows(store: Store) -> list[tuple[str, str]]:
     with store.open_read(METADATA) as fh:
         table = pq.read_table(fh, columns=["entryId", "release_shard"])
     return list(zip(table.column("entryId").to_pylist(), table.column("release_shard").to_pylist(), strict=True))
+
+
+def _fasta_records(store: Store) -> int:
+    with store.open_read(SEQUENCES) as fh:
+        return sum(1 for line in io.TextIOWrapper(fh, encoding="utf-8", errors="replace") if line.startswith(">"))
 
 
 def _accession_ids(text: str) -> tuple[list[str], list[str]]:
