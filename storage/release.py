@@ -370,14 +370,16 @@ class _Pool:
         return self.done
 
 
-RAY_MIN_ENTRIES = 1000
+RAY_MIN_ENTRIES = 10_000
 
 
 def choose_engine(engine: Engine, shards: int, entries: int) -> str:
-    """``auto``: Ray when it is already running, or for more than one shard and >= 1000 entries.
+    """``auto``: Ray when it is already running, or for more than one shard and >= 10,000 entries.
 
-    Starting a local Ray and its first workers costs ~20 s on 2 cores, the time threads take to
-    build several hundred entries; see docs/releases.md for the measurements.
+    Measured on 2 shared cores (docs/releases.md): a cold local Ray costs 20-70 s before the first
+    shard is done, and even warm, Ray tasks were slower than threads for 100 entries (25 s vs 4 s),
+    the per-entry work being zlib, gemmi and I/O that threads overlap well. Ray pays off for big
+    releases, whose shards take minutes each and spread over a cluster's nodes.
     """
     if engine != "auto":
         return engine
