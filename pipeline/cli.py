@@ -241,6 +241,91 @@ def report(
         _fail(e)
 
 
+class GroupBy(StrEnum):
+    taxon = "taxon"
+    confidence = "confidence"
+    none = "none"
+
+
+class Engine(StrEnum):
+    auto = "auto"
+    ray = "ray"
+    threads = "threads"
+
+
+@app.command()
+def export(
+    atlas: Annotated[str, typer.Argument(help="Atlas: directory or s3:// prefix")],
+    to: Annotated[str, typer.Option("--to", help="Release destination: new directory or s3:// prefix")],
+    where: Annotated[str | None, typer.Option("--where", help="DuckDB SQL predicate over the entries table")] = None,
+    by: Annotated[GroupBy, typer.Option("--by", help="Shard grouping: taxon, confidence (ESM Atlas bins) or none")]
+        = GroupBy.taxon,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="At most this many entries per tar")] = 10_000,
+    formats: Annotated[str, typer.Option("--formats", help="Per-entry files: mmcif,pae,confidence,msa")]
+        = "mmcif,pae,confidence",
+    release: Annotated[str, typer.Option("--release", help="Release name, used as _v<NAME> in file names")] = "1",
+    engine: Annotated[Engine, typer.Option("--engine", help="Shard builders: Ray tasks, threads, or auto")]
+        = Engine.auto,
+    jobs: Annotated[int, typer.Option("--jobs", help="Shards built at once")] = 4,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write a release of the atlas (tar shards, metadata, accession_ids.csv, sequences.fasta, manifest.json)."""
+    _setup_logging(verbose)
+    from storage.release import ExportOptions, export_release, human_size, parse_formats
+
+    try:
+        opts = ExportOptions(where=where, by=by.value, shard_size=shard_size, formats=parse_formats(formats),
+                             release=release, engine=engine.value, max_inflight=jobs)
+        result = export_release(atlas, to, opts)
+    except FoldAtlasError as e:
+        _fail(e)
+    m = result.manifest
+    total = sum(f.size for f in m.files)
+    typer.echo(f"{result.dest}: {m.counts['exported_entries']} entries in {m.counts['shards']} shards, "
+               f"{human_size(total)}, {result.seconds:.1f} s ({result.engine}); "
+               f"{m.counts['without_structure']} matched entries had no structure to export")
+
+
+@app.command()
+def download(
+    manifest: Annotated[str, typer.Argument(help="manifest.json of a release: path, s3:// URI or http(s):// URL")],
+    to: Annotated[Path, typer.Option("--to", help="Directory to download into (resumable)")],
+    where: Annotated[str | None, typer.Option("--where", help="Predicate on metadata.parquet; whole shards")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", help="Parallel downloads")] = 4,
+) -> None:
+    """Fetch a release's files, verifying SHA-256; re-running resumes and skips complete files."""
+    _setup_logging(False)
+    from storage.download import download_release
+
+    try:
+        result = download_release(manifest, to, where=where, jobs=jobs)
+    except FoldAtlasError as e:
+        _fail(e)
+    typer.echo(f"{to}: {len(result.fetched)} fetched, {len(result.skipped)} already complete "
+               f"({result.selected} of {len(result.manifest.files)} files selected)")
+
+
+@app.command()
+def validate(
+    location: Annotated[str, typer.Argument(help="Atlas or release: directory or s3:// prefix")],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout")] = False,
+) -> None:
+    """Check an atlas or release; one line per problem; exit 1 when problems were found."""
+    from storage import validate as validation
+
+    try:
+        report = validation.validate(location)
+    except FoldAtlasError as e:
+        _fail(e)
+    if json_out:
+        typer.echo(report.to_json(), nl=False)
+    else:
+        for p in report.problems:
+            typer.echo(p.line())
+        typer.echo(validation.describe(report), err=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

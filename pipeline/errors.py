@@ -34,3 +34,7 @@ class AtlasError(FoldAtlasError):
 
 class EntryNotFound(AtlasError):
     """A requested accession or entry is not in the atlas."""
+
+
+class ReleaseError(AtlasError):
+    """A release (export, download, validate) cannot be made or read: bad options, missing manifest."""
