@@ -6,7 +6,7 @@ Atlas (a location with ``atlas.json``):
 - every published ``structures`` row has its shard, member byte ranges inside the tar, members
   that decompress, an mmCIF that parses with gemmi and a PAE JSON that parses;
 - every structure is referenced by at least one entry;
-- no duplicate (accession, model) in ``entries``, no duplicate (sequence_sha256, model) in
+- no duplicate (entryId, model) in ``entries``, no duplicate (sequence_sha256, model) in
   ``structures``.
 
 Release (a location with ``manifest.json``):
@@ -109,9 +109,10 @@ def validate_atlas(store: Store) -> Report:
     con = store.duckdb()
     e, s = _glob(store, "entries"), _glob(store, "structures")
     try:
-        for acc, model, n in con.sql(f"SELECT accession, model, count(*) FROM {e} GROUP BY ALL HAVING count(*) > 1"
+        # entryId, not accession: fragments F1..Fn of one accession are distinct entries
+        for eid, model, n in con.sql(f"SELECT entryId, model, count(*) FROM {e} GROUP BY ALL HAVING count(*) > 1"
                                      ).fetchall():
-            problems.append(Problem("duplicate_entry", f"entries {acc} {model}", f"{n} rows for (accession, model)"))
+            problems.append(Problem("duplicate_entry", f"entries {eid} {model}", f"{n} rows for (entryId, model)"))
         for sha, model, n in con.sql(f"SELECT sequence_sha256, model, count(*) FROM {s} GROUP BY ALL "
                                      "HAVING count(*) > 1").fetchall():
             problems.append(Problem("duplicate_structure", f"structures {sha[:16]} {model}",

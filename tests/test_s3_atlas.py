@@ -169,3 +169,19 @@ def test_sigkill_mid_run_on_s3_then_resume(s3_server, tmp_path):
     assert sorted(e["accession"] for e in _rows(uri, "entries")) == sorted(r.accession for r in accepted)
     assert sorted(s["sequence_sha256"] for s in _rows(uri, "structures")) == sorted({r.sha256 for r in accepted})
     assert not store.list("_staging")
+
+
+def test_export_and_validate_an_s3_atlas(s3_run, tmp_path):
+    """The release tools read an atlas on S3 as they read a directory."""
+    from storage.release import ExportOptions, export_release
+    from storage.validate import validate
+
+    uri, *_ = s3_run
+    assert validate(uri).ok
+    dest = f"s3://{_bucket('release-from-s3')}/r1"
+    export_release(uri, dest, ExportOptions(by="confidence", engine="threads"))
+    report = validate(dest)
+    assert report.ok, report.problems
+    manifest = json.loads(open_store(dest).read_text("manifest.json"))
+    assert sum(f["entries"] for f in manifest["files"] if f["path"].endswith(".tar")) == \
+        len([e for e in _rows(uri, "entries") if e["published"]])

@@ -118,7 +118,7 @@ def test_atlas_extra_entry_rows(atlas_copy):
         entries.schema.get_field_index("accession"), "accession", pa.array(["NOSTRUCT"]))
     pq.write_table(orphan, atlas_copy / "entries" / "orphan.parquet")
     found = codes(atlas_copy)
-    assert ("duplicate_entry", "entries B8CSY5 esmfold-tiny") in found
+    assert ("duplicate_entry", "entries FA-B8CSY5-F1 esmfold-tiny") in found
     assert ("entry_without_structure", "entries NOSTRUCT esmfold-tiny") in found
     assert cli(atlas_copy)[0] == 1
 
