@@ -54,3 +54,12 @@ def test_bad_config_is_a_clear_error(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_ray_client_address_is_refused_before_any_work():
+    """Regression: `--address ray://HOST:10001` used to fail only after ingest and plan, inside Ray Data
+    (AttributeError 'Worker' object has no attribute 'core_worker', Ray 2.60, seen on a local head)."""
+    with pytest.raises(ConfigError, match="ray job submit"):
+        load_config(None, {"ray": {"address": "ray://head:10001"}})
+    assert load_config(None, {"ray": {"address": "auto"}}).ray.address == "auto"
+    assert load_config(None, {"ray": {"address": "10.0.0.5:6379"}}).ray.address == "10.0.0.5:6379"
