@@ -88,6 +88,8 @@ class RayConfig(_Strict):
     max_task_retries: int = Field(
         2, ge=0, description="Retries of a unit whose worker process died (actors are restarted); then the "
                              "unit is split into single sequences and tried again, then failure rows")
+    progress_log_s: float = Field(
+        60.0, gt=0, description="Without a terminal (Ray job, nohup), seconds between progress log lines")
     progress_interval_s: float = Field(
         2.0, gt=0, description="Seconds between per-stage progress samples (bars, run timeline)")
 

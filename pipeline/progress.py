@@ -85,6 +85,18 @@ def timeline_point(snapshot: dict[str, Any], stages: tuple[str, ...], planned: i
     return {"t": round(snapshot["t"], 2), "done": done, "queue": queue}
 
 
+def progress_line(snapshot: dict[str, Any], stages: tuple[str, ...], planned: int) -> str:
+    """One line for logs: sequences done per stage, rate and ETA of the last stage."""
+    t = snapshot["t"]
+    parts = [f"{s} {snapshot['stages'][s]['sequences']}/{planned}" for s in stages]
+    done = snapshot["stages"][stages[-1]]["sequences"]
+    if done and t > 0:
+        rate = done / t
+        eta = (planned - done) / rate
+        parts.append(f"{rate * 3600:,.0f} seq/h, ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+    return ", ".join(parts)
+
+
 def stage_summary(snapshot: dict[str, Any], actors: dict[str, int], wall_seconds: float) -> dict[str, Any]:
     """Per-stage totals for the run summary: throughput per busy second and per wall second."""
     out = {}

@@ -174,8 +174,9 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     gpus = cfg.ray.fold_gpus
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    # CPU inference: the write stage is mostly idle, so torch gets the node's cores by default
-    threads = cfg.ray.torch_threads or max(1, (os.cpu_count() or 1) // cfg.ray.fold_actors)
+    # CPU inference: the write stage is mostly idle, so torch gets the node's cores by default (the
+    # fold actor divides the cores of the node it lands on by fold_actors when this is None)
+    threads = cfg.ray.torch_threads
     long_cfg = cfg.long_sequences
     pools = []  # (units, fold settings, model settings, actors, memory reserved per actor)
     for part, is_long in zip(route_long(units, long_cfg.chunked_above), (False, True), strict=True):
@@ -202,7 +203,8 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
         folded.append(ds.map_batches(
             FoldActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"model_settings": model_settings, "fold_settings": fold_settings,
-                                   "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker},
+                                   "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker,
+                                   "actors_per_node": cfg.ray.fold_actors},
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight),
             num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, memory=memory, resources=cfg.ray.fold_resources or None,
             **retry,
@@ -313,7 +315,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
     import ray
 
-    from pipeline.progress import remote_tracker, stage_summary, timeline_point
+    from pipeline.progress import progress_line, remote_tracker, stage_summary, timeline_point
 
     started = _ray_init(cfg)
     tiers: Counter[str] = Counter()
@@ -327,6 +329,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     total = plan.sequences_to_predict
     timeline: list[dict[str, Any]] = []
     last: dict[str, Any] = {}  # the latest tracker snapshot
+    logged = [0.0]  # tracker time of the last progress log line
     stop = threading.Event()
     try:
         with _progress(progress) as bar:
@@ -343,6 +346,9 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
                         timeline.append(timeline_point(snap, stages, total))
                         for st, task in tasks.items():
                             bar.update(task, completed=snap["stages"][st]["sequences"])
+                        if not progress and snap["t"] - logged[0] >= cfg.ray.progress_log_s:
+                            logged[0] = snap["t"]  # no terminal (Ray job, CI, nohup): a log line instead
+                            log.info("progress %s", progress_line(snap, stages, total))
                     if stop.wait(cfg.ray.progress_interval_s):
                         return
 

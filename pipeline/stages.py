@@ -57,14 +57,14 @@ class FoldActor:
     """Loads the model once per actor; folds one work unit per call."""
 
     def __init__(self, model_settings: Any, fold_settings: Any, torch_threads: int | None = None,
-                 atlas_root: str | None = None, tracker: Any = None) -> None:
+                 atlas_root: str | None = None, tracker: Any = None, actors_per_node: int = 1) -> None:
         import torch
 
         from model.esmfold import load_backend
         from pipeline.fold import Folder
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        # default: this node's cores shared by the fold actors (on CPU the write stage is mostly idle)
+        torch.set_num_threads(torch_threads or max(1, (os.cpu_count() or 1) // max(1, actors_per_node)))
         self.backend = load_backend(model_settings)
         self.folder = Folder(self.backend, fold_settings)
         self.atlas_root = atlas_root

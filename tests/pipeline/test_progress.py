@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.progress import StageTracker, stage_summary, timeline_point
+from pipeline.progress import StageTracker, progress_line, stage_summary, timeline_point
 
 
 def test_tracker_counts_and_queues():
@@ -35,3 +35,13 @@ def test_stage_summary_utilisation_marks_the_bottleneck():
 def test_unknown_stage_is_an_error():
     with pytest.raises(KeyError):
         StageTracker(("fold",)).record("msa", 1, 1, 1.0)
+
+
+def test_progress_line_for_logs():
+    tr = StageTracker(("fold", "write", "publish"))
+    tr.started -= 100.0  # 100 s into the stream
+    tr.record("fold", 30, 9000, 50.0)
+    tr.record("publish", 20, 6000, 0.1)
+    line = progress_line(tr.snapshot(), ("fold", "write", "publish"), planned=100)
+    assert line.startswith("fold 30/100, write 0/100, publish 20/100, ")
+    assert "720 seq/h" in line and "ETA 0:06:4" in line  # 80 left at 0.2/s: 400 s
