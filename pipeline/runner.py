@@ -33,6 +33,7 @@ from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
 from storage.atlas import Atlas, write_parquet
 from storage.schema import REJECTS_SCHEMA
+from storage.store import aws_env
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,10 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     dctx.print_on_execution_start = False
     dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
     dctx.max_errored_blocks = -1  # a unit that exhausted its retries is dropped; the driver accounts for it
-    retry = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
+    retry: dict[str, Any] = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
+    env = aws_env()  # S3 endpoint and credentials for workers that did not inherit them
+    if env:
+        retry["runtime_env"] = {"env_vars": env}
     in_flight = 1 if isolate else None
     gpus = cfg.ray.fold_gpus
     if gpus is None:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any, BinaryIO, Literal
 import pyarrow as pa
 
 from pipeline.errors import ReleaseError
-from storage.store import Store, open_store
+from storage.store import Store, aws_env, open_store
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +313,6 @@ def build_shard(task: ShardTask) -> FileRecord:
 
 
 # ---- running shards in parallel ---------------------------------------------------------------
-def _aws_env() -> dict[str, str]:
-    """AWS_* settings of this process, for Ray workers started before they were set."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-
-
 class _Pool:
     """Bounded parallel map of :func:`build_shard`: Ray tasks (fractional CPUs) or threads."""
 
@@ -331,7 +325,7 @@ class _Pool:
 
             if not ray.is_initialized():
                 ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-            env = _aws_env()
+            env = aws_env()
             self._remote = ray.remote(num_cpus=cpus, max_retries=2)(build_shard).options(
                 **({"runtime_env": {"env_vars": env}} if env else {}))
         else:

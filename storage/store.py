@@ -59,6 +59,16 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def aws_env() -> dict[str, str]:
+    """This process's ``AWS_*`` settings (endpoint, region, credentials, profile), for Ray workers.
+
+    Workers of a Ray instance started before these were set (or on other nodes) do not inherit them;
+    the stages pass them in ``runtime_env``. Unset variables are not passed, so instance roles and
+    IRSA on the workers keep working.
+    """
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
 def s3_client() -> Any:
     """A boto3 S3 client: standard credential chain, endpoint override, retries with backoff."""
     import boto3
