@@ -86,7 +86,7 @@ ENTRIES_SCHEMA = pa.schema(
         _f("msa_depth", pa.int64(), "Sequences in the MSA, query included (null: no MSA searched)", "sequences"),
         _f("msa_neff", pa.float64(), "Effective number of sequences at 80% identity", "sequences"),
         _f("msa_key", pa.string(), "Key of the MSA in the msas table"),
-        _f("taxonomy_source", pa.string(), "Where organism fields came from: uniprot_header | none"),
+        _f("taxonomy_source", pa.string(), "Where organism fields came from: uniprot_header | afdb_mmcif | none"),
         _f("source_file", pa.string(), "Input file name the record came from"),
         _f("source_record_index", pa.int64(), "0-based position of the record in its input file"),
         _f("header", pa.string(), "The raw FASTA header line (without '>')"),
