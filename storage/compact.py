@@ -60,6 +60,7 @@ __all__ = [
     "decode_structure",
     "encode_structure",
     "quantize",
+    "section_sizes",
     "template_atom_mask",
 ]
 
@@ -381,3 +382,18 @@ def decode_structure(data: bytes) -> CompactStructure:
     if reader.pos != len(data):
         raise ValueError(f"compact record has {len(data) - reader.pos} trailing bytes")
     return CompactStructure(sequence, mask, coords, plddt, pae, meta)
+
+
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Stored bytes of each part of a record (header, meta, mask, coordinates, plddt, pae)."""
+    if len(data) < _HEADER.size or data[:3] != MAGIC:
+        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
+    flags = data[4]
+    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), "coordinates", "plddt",
+             *(["pae"] if flags & _FLAG_PAE else [])]
+    sizes, pos = {"header": _HEADER.size}, _HEADER.size
+    for name in names:
+        _, _, stored = _SECTION.unpack_from(data, pos)
+        sizes[name] = _SECTION.size + stored
+        pos += _SECTION.size + stored
+    return sizes
