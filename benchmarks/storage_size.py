@@ -13,8 +13,9 @@ imported into a fresh atlas with ``foldatlas import``; then, per entry:
 * against ``afdb_gz_bytes``: ``gzip -6`` of AFDB's mmCIF plus ``gzip -6`` of its PAE JSON.
 
 Also measured (``options``): the alternatives considered for coordinates (absolute values, deltas
-along the file order, deltas to the bonded reference atom = what is stored) and PAE (raw bytes,
-2-D deltas = stored), each zigzag + byte-shuffle + zstd 19; and encode/decode times.
+along the file order, deltas to the bonded reference atom, local bond frames = what is stored) and
+PAE (raw bytes, row deltas, 2-D deltas = stored), each zigzag + byte-shuffle + zstd 19; and the
+import and decode times.
 
 Run: ``python -m benchmarks.storage_size [--data DIR] [--out FILE]`` (about a minute on 2 cores);
 ``--smoke`` uses the two smallest entries and writes nothing unless ``--out`` is given.
@@ -102,7 +103,8 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
         "coordinates_bytes_per_residue": {
             "absolute": size(q.coords) / n,
             "delta_file_order": size(np.diff(q.coords, axis=0, prepend=0)) / n,
-            "delta_bonded_reference (stored)": size(compact._coordinate_deltas(q.coords, ref)) / n,
+            "delta_bonded_reference": size(compact._coordinate_deltas(q.coords, ref)) / n,
+            "local_frame (stored)": compact.section_sizes(compact.encode_structure(q))["coordinates"] / n,
         },
         "pae_bytes_per_residue2": {
             "raw": size(pae) / n**2,

@@ -17,13 +17,16 @@ the sequence does not imply:
 
 Encoding (format version 1)
 ---------------------------
-Coordinates: each atom is stored as the difference to a bonded *reference* atom already known to
-the decoder: CA to the previous residue's CA, N/C/CB to their residue's CA, O/OXT to C, side-chain
-atoms to their covalent parent (:data:`_PARENT`). Bond vectors are 1.2-1.9 Angstrom, so the
-differences need 11-12 bits instead of 20+. Then zigzag (signed -> unsigned), the narrowest byte
-width that fits, byte shuffling (all low bytes, then all second bytes, ...), zstd level 19.
-pLDDT: differences along the chain, same integer coding. PAE: 2-D differences (each value minus
-its upper and left neighbours plus the upper-left one), zigzag, zstd. Decoding is vectorised:
+Coordinates (:mod:`storage.compact_geometry`): each atom has a bonded *reference* atom known to
+the decoder first: CA the previous residue's CA, N/C/CB their residue's CA, O/OXT their C,
+side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference chain is three
+atoms deep is stored in the local frame of that chain (one component nearly constant per residue
+type and atom, two on a circle of nearly constant radius) plus an integer correction that makes
+the coding exact; CA atoms and atoms without such a chain are stored as differences to their
+reference. Every integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest
+byte width, byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd
+level 19. pLDDT: differences along the chain, same integer coding. PAE: 2-D differences (each
+value minus its upper and left neighbours plus the upper-left one). Decoding is vectorised:
 cumulative sums along the chain and over the image, and the side-chain tree level by level.
 
 Byte layout (little-endian)::
@@ -32,8 +35,8 @@ Byte layout (little-endian)::
 
 flags: bit 0 = explicit atom mask section present, bit 1 = OXT on the last residue (template
 mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | zstd bytes``
-(``width`` 0 = opaque bytes). Sections in order: meta JSON, [mask bits], coordinates (n_atoms*3,
-atom-major x,y,z), pLDDT (L), [PAE (L*L)].
+(``width`` 0 = opaque bytes). Sections in order: meta JSON, [mask bits], the seven coordinate
+streams of :func:`storage.compact_geometry.encode_coordinates`, pLDDT (L), [PAE (L*L)].
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from storage.compact_geometry import decode_coordinates, encode_coordinates, stream_sizes
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
 
 logger = logging.getLogger(__name__)
@@ -111,6 +115,7 @@ _FLAG_MASK, _FLAG_OXT, _FLAG_PAE = 1, 2, 4
 _HEADER = struct.Struct("<3sBBII")
 _SECTION = struct.Struct("<BII")
 _ZSTD_LEVEL = 19
+_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates
 _MAX_COORD = 2**31 - 1  # int32 thousandths: +-2,147,483.647 Angstrom
 
 
@@ -290,25 +295,11 @@ def _coordinate_deltas(coords: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return coords - base
 
 
-def _coordinates_from_deltas(deltas: np.ndarray, ref: np.ndarray, is_ca: np.ndarray) -> np.ndarray:
-    coords = np.zeros_like(deltas)
-    absolute = (ref < 0) & ~is_ca
-    coords[absolute] = deltas[absolute]
-    ca_rows = np.nonzero(is_ca)[0]
-    coords[ca_rows] = np.cumsum(deltas[ca_rows], axis=0)  # CA chain: first absolute, then differences
-    depth = np.where(is_ca | (ref < 0), 0, -1)
-    for _ in range(len(_ATOM37) + 1):
-        todo = depth < 0
-        if not todo.any():
-            break
-        parent_depth = depth[ref[todo]]
-        depth[np.nonzero(todo)[0]] = np.where(parent_depth >= 0, parent_depth + 1, -1)
-    if (depth < 0).any():
-        raise ValueError("compact record: atom references form a cycle")  # cannot happen for valid tables
-    for level in range(1, int(depth.max(initial=0)) + 1):
-        rows = np.nonzero(depth == level)[0]
-        coords[rows] = coords[ref[rows]] + deltas[rows]
-    return coords
+def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
+    """(residue type, atom37 index) of each stored atom as one integer: restype * 37 + atom."""
+    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    res, atom = np.nonzero(mask)
+    return restype[res] * len(_ATOM37) + atom
 
 
 def _pae_deltas(pae: np.ndarray) -> np.ndarray:
@@ -333,12 +324,12 @@ def encode_structure(structure: CompactStructure) -> bytes:
     meta = json.dumps({**structure.meta, "sequence": seq}, separators=(",", ":"),
                       allow_nan=False).encode()
     coords = np.asarray(structure.coords, dtype=np.int64)
-    ref, _ = _references(seq, mask)
+    ref, is_ca = _references(seq, mask)
     parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(seq), coords.shape[0]), _section(0, len(meta), meta)]
     if flags & _FLAG_MASK:
         bits = np.packbits(mask.ravel()).tobytes()
         parts.append(_section(0, len(bits), bits))
-    parts.append(_int_section(_coordinate_deltas(coords, ref)))
+    parts += [_int_section(stream) for stream in encode_coordinates(coords, ref, is_ca, _atom_classes(seq, mask))]
     parts.append(_int_section(np.diff(np.asarray(structure.plddt, dtype=np.int64), prepend=0)))
     if structure.pae is not None:
         parts.append(_int_section(_pae_deltas(np.asarray(structure.pae, dtype=np.int64))))
@@ -374,7 +365,9 @@ def decode_structure(data: bytes) -> CompactStructure:
     if int(mask.sum()) != n_atoms:
         raise ValueError(f"compact record: {n_atoms} atoms in the header, {int(mask.sum())} in the mask")
     ref, is_ca = _references(sequence, mask)
-    coords = _coordinates_from_deltas(reader.ints(n_atoms * 3).reshape(n_atoms, 3), ref, is_ca)
+    classes = _atom_classes(sequence, mask)
+    streams = [reader.ints(size) for size in stream_sizes(ref, is_ca, classes)]
+    coords = decode_coordinates(streams, ref, is_ca, classes)
     plddt = np.cumsum(reader.ints(n))
     pae = None
     if flags & _FLAG_PAE:
@@ -389,11 +382,11 @@ def section_sizes(data: bytes) -> dict[str, int]:
     if len(data) < _HEADER.size or data[:3] != MAGIC:
         raise ValueError("not a FoldAtlas compact structure record (bad magic)")
     flags = data[4]
-    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), "coordinates", "plddt",
+    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * _COORDINATE_STREAMS, "plddt",
              *(["pae"] if flags & _FLAG_PAE else [])]
     sizes, pos = {"header": _HEADER.size}, _HEADER.size
     for name in names:
         _, _, stored = _SECTION.unpack_from(data, pos)
-        sizes[name] = _SECTION.size + stored
+        sizes[name] = sizes.get(name, 0) + _SECTION.size + stored
         pos += _SECTION.size + stored
     return sizes
