@@ -124,7 +124,7 @@ def _model_info(s: ImportedStructure) -> ModelInfo:
     if s.source_version:
         extra["alphafold_db_version"] = s.source_version
     name, _, version = s.software.partition(" ")
-    return ModelInfo(name=name, version=version or "unknown", weights_sha256=f"unknown (imported {s.model})",
+    return ModelInfo(name=name, version=version or "unknown", weights_sha256="unknown",
                      trained=True, precision="unknown", extra=extra)
 
 

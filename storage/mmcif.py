@@ -226,12 +226,13 @@ def _title(model_name: str, model_version: str, trained: bool, entry: ModelCIFEn
     )
 
 
-def _details(model_name: str, weights: str, trained: bool) -> str:
+def _details(model_name: str, weights: str, trained: bool, with_ptm: bool = True) -> str:
     if trained:
+        where = "global pLDDT and pTM are" if with_ptm else "global pLDDT is"
         return (
             f"Ab initio structure prediction by {model_name} (weights sha256 {weights}). Per-residue "
-            "pLDDT is in _atom_site.B_iso_or_equiv and _ma_qa_metric_local; global pLDDT and pTM "
-            "are in _ma_qa_metric_global."
+            f"pLDDT is in _atom_site.B_iso_or_equiv and _ma_qa_metric_local; {where} in "
+            "_ma_qa_metric_global."
         )
     return (
         f"This structure comes from an UNTRAINED, randomly initialised {model_name} model "
@@ -400,7 +401,8 @@ def _sequence_categories(block: cif.Block, sequence: str, names: list[str], obse
     _row(block, "_ma_target_entity_instance.", asym_id=_CHAIN, details=False, entity_id="1")
 
 
-def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[str, str]) -> None:
+def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[str, str],
+                      with_ptm: bool = True) -> None:
     """Software, protocol, model list, data and provenance parameters."""
     untrained = "" if model.trained else "UNTRAINED random-init "
     _category(block, "_ma_data.", {
@@ -415,7 +417,7 @@ def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[st
     steps: list[tuple[str, str, str | None]] = []
     if model.uses_msa:
         steps.append(("coevolution MSA", "multiple sequence alignment of the target", None))
-    steps.append(("modeling", _details(model.name, model.weights_sha256, model.trained), "1"))
+    steps.append(("modeling", _details(model.name, model.weights_sha256, model.trained, with_ptm), "1"))
     steps.append(("other", "FoldAtlas pipeline: confidence metrics and file writing", "2"))
     ordinals = [str(i) for i in range(1, len(steps) + 1)]
     _category(block, "_ma_protocol_step.", {
@@ -545,13 +547,13 @@ def render_modelcif(
     doc = cif.Document()
     block = doc.add_new_block(entry.entry_id)
     title = _title(model.name, model.version, model.trained, entry)
-    details = _details(model.name, model.weights_sha256, model.trained)
+    details = _details(model.name, model.weights_sha256, model.trained, with_ptm)
     _set_entry_categories(block, entry, prediction.sequence, title, details)
     _row(block, "_audit_conform.", dict_location=DICTIONARY_LOCATION, dict_name=DICTIONARY_NAME,
          dict_version=DICTIONARY_VERSION)  # fmt: skip
     observed: list[bool] = np.asarray(mask.any(axis=1)).tolist()
     _sequence_categories(block, prediction.sequence, names, observed)
-    _model_categories(block, model, provenance)
+    _model_categories(block, model, provenance, with_ptm)
     _confidence_categories(block, names, b_text, observed, global_plddt,
                            float(prediction.ptm) if with_ptm else None)
     _atom_site(block, names, b_text, mask, xyz)
