@@ -326,6 +326,39 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
+class ImportSource(StrEnum):
+    auto = "auto"
+    afdb = "afdb"
+    colabfold = "colabfold"
+    esmfold = "esmfold"
+
+
+@app.command("import")
+def import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="AFDB mmCIF + PAE JSON, ColabFold/ESMFold PDB files or dirs")],
+    atlas: Annotated[Path, typer.Option("--atlas", help="Atlas directory (created if missing)")],
+    source: Annotated[ImportSource, typer.Option(help="Where the files come from (auto: by file name)")]
+    = ImportSource.auto,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML run configuration (tiers)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Import existing predictions as atlas entries (models alphafold-db-vN, colabfold, esmfold-import)."""
+    _setup_logging(verbose)
+    from pipeline.config import load_config
+    from pipeline.importer import import_predictions
+
+    try:
+        cfg = load_config(config)
+        summary = import_predictions(paths, atlas, source=None if source is ImportSource.auto else source.value,
+                                     policy=cfg.confidence)
+    except FoldAtlasError as e:
+        _fail(e)
+    typer.echo(summary.render_text())
+    if summary.rejected:
+        typer.secho(f"{summary.rejected} files rejected: see the rejects table (run {summary.run_id})",
+                    fg="yellow", err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -43,6 +43,10 @@ class PlanConfig(_Strict):
     max_tokens_per_batch: int | None = Field(
         None, ge=1, description="Padded tokens per model batch; default 512 on CPU, 8192 on GPU")
     max_batch_size: int = Field(64, ge=1)
+    reuse_models: list[str] = Field(
+        default_factory=lambda: ["alphafold-db-*", "colabfold", "esmfold-import"],
+        description="Structures of these models (names or shell patterns) are reused for identical sequences "
+                    "instead of predicting them; [] predicts everything (see pipeline/reuse.py)")
 
 
 class MSAConfig(_Strict):

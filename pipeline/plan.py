@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.config import PlanConfig
@@ -51,6 +51,7 @@ class Plan:
     new_rejects: list[RejectedRecord] = field(default_factory=list)
     known_rejects: int = 0
     msa_known: dict[str, MSAStat] = field(default_factory=dict)  # sha256 -> cached MSA stats
+    reused: dict[str, list[AcceptedRecord]] = field(default_factory=dict)  # model -> records (pipeline.reuse)
 
     @property
     def sequences_to_predict(self) -> int:
@@ -136,7 +137,8 @@ def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConf
 
 
 def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], atlas: Atlas,
-              model: str, cfg: PlanConfig, msa: MSASpec | None = None) -> Plan:
+              model: str, cfg: PlanConfig, msa: MSASpec | None = None,
+              reuse_models: Sequence[str] = ()) -> Plan:
     entry_keys, predicted, reject_keys = atlas_state(atlas, model)
     plan = Plan(model=model)
     for bad in rejected:
@@ -152,6 +154,10 @@ def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], at
             plan.link_records.append(rec)
         else:
             to_predict[rec.sha256].append(rec)
+    if reuse_models and to_predict:
+        from pipeline.reuse import apply_reuse
+
+        apply_reuse(plan, to_predict, atlas, reuse_models)
     if msa is not None:
         plan.msa_known = cached_msas(atlas, msa, {r.sha256 for r in accepted})
     plan.units = cut_units(to_predict, model, cfg, plan.msa_known)

@@ -278,7 +278,8 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         summary.accepted = len({(r.source, r.record_index) for r in result.accepted})  # fragments: one record
         summary.fragments = sum(1 for r in result.accepted if r.notes and r.notes[-1].startswith("fragment F"))
         summary.rejected_by_reason = result.reject_counts()
-        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec)
+        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
+                         reuse_models=cfg.plan.reuse_models)
         summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
         summary.units_planned, summary.sequences_planned = len(plan.units), plan.sequences_to_predict
 
@@ -301,6 +302,8 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
             write_parquet(table, staging / name, provenance)
             atlas.publish_file(staging / name, "entries", name)
             summary.linked = summary.entries_written = len(plan.link_records)
+        if plan.reused:
+            _publish_reused(plan, ctx, atlas, summary)
         if plan.units:
             _run_units(plan, cfg, ctx, atlas, summary, progress)
         summary.total_seconds = time.perf_counter() - t0
@@ -311,6 +314,18 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     if echo:
         echo(render_text(summary))
     return summary
+
+
+def _publish_reused(plan: Plan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
+    """Entries for records whose sequence reuses an imported structure (pipeline.reuse)."""
+    for model, records in sorted(plan.reused.items()):
+        structures = _structure_rows(atlas, model, {r.sha256 for r in records})
+        table = entry_rows_for_links(records, structures, model, ctx, plan.msa_known)
+        name = _content_name("reuse", [f"{r.accession}:{r.sha256}:{model}" for r in records])
+        write_parquet(table, Path(ctx.staging) / name, ctx.provenance)
+        atlas.publish_file(Path(ctx.staging) / name, "entries", name)
+        summary.linked += len(records)
+        summary.entries_written += len(records)
 
 
 def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,

@@ -1,4 +1,4 @@
-"""Write stage: confidence, mmCIF + PAE JSON shard, Parquet shards, all into staging.
+"""Write stage: confidence, structure shard (compact records), Parquet shards, all into staging.
 
 ``write_unit`` turns a work unit's fold outcomes into staged files and returns a manifest
 (``UnitManifest``) for the driver, which publishes them (:meth:`storage.atlas.Atlas.publish_unit`).
@@ -9,7 +9,6 @@ sequence the atlas already holds, from the ``structures`` rows.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from pipeline.confidence import ConfidencePolicy, compute_confidence
 from pipeline.ingest import AcceptedRecord
 from pipeline.msa_stage import MSASpec, MSAStat, MSAUnitResult, params_json
 from pipeline.plan import WorkUnit
-from storage.afdb_json import write_pae_json
 from storage.atlas import write_parquet
-from storage.mmcif import ModelCIFEntry, render_modelcif
-from storage.mmcif_shard import write_mmcif_shard
+from storage.mmcif import ModelCIFEntry
+from storage.mmcif_shard import RECORD_SUFFIX, write_mmcif_shard
 from storage.schema import ENTRIES_SCHEMA, FAILURES_SCHEMA, MSAS_SCHEMA, STRUCTURES_SCHEMA
+from storage.structure_record import encode_prediction
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +200,12 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
             continue
         pred = outcome
         if metrics.published:
-            cif = render_modelcif(pred, _modelcif_entry(rep, created_at.date()), info, provenance)
-            base = entry_id(rep.accession, rep.fragment)
-            cif_name = _member_name(f"{base}-model_v{MODEL_VERSION}.cif.gz", used, sha)
-            pae_name = _member_name(f"{base}-predicted_aligned_error_v{MODEL_VERSION}.json.gz", used, sha)
-            members.append((cif_name, gzip.compress(cif.encode(), mtime=0)))
-            members.append((pae_name, gzip.compress(write_pae_json(pred.pae, pred.max_pae), mtime=0)))
-            member_of[sha] = (cif_name, pae_name)
+            # one compact record (coordinates, pLDDT, PAE, model and provenance); `foldatlas get`
+            # renders the ModelCIF and PAE JSON from it, so mmcif_* and pae_* name the same member
+            record = encode_prediction(pred, _modelcif_entry(rep, created_at.date()), info, provenance)
+            name = _member_name(f"{entry_id(rep.accession, rep.fragment)}-model_v{MODEL_VERSION}{RECORD_SUFFIX}", used, sha)
+            members.append((name, record))
+            member_of[sha] = (name, name)
         afdb = metrics.afdb_columns()
         structure_rows.append({
             "sequence_sha256": sha, "model": unit.model, "sequence_md5": rep.md5, "sequence_crc64": rep.crc64,

@@ -2,12 +2,15 @@
 
 An entry (accession) points to a structure (sequence SHA-256 + model). The stored mmCIF carries
 the metadata of the structure's representative accession; for another accession with the same
-sequence it is re-labelled on the fly (:func:`storage.mmcif.retarget_modelcif`). Only the
-member's byte range is read from the tar shard.
+sequence it is re-labelled on the fly. Only the member's byte range is read from the tar shard.
+Shards hold compact records (``*.fac``, :mod:`storage.structure_record`): the mmCIF and PAE JSON
+are rendered from them, for the entry asked for; older shards hold gzipped files (``*.gz``),
+returned as stored (mmCIF re-labelled with :func:`storage.mmcif.retarget_modelcif`).
 """
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,9 @@ from pipeline.errors import AtlasError, EntryNotFound
 from storage.afdb_json import write_confidence_json
 from storage.atlas import Atlas
 from storage.mmcif import ModelCIFEntry, retarget_modelcif
-from storage.mmcif_shard import read_shard_member
+from storage.mmcif_shard import RECORD_SUFFIX, read_shard_range
+from storage.structure_record import StoredStructure
+from storage.structure_record import read_record as read_stored_record
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,10 @@ class FoundEntry:
         return str(self.structure.get("tier")) if self.structure else "-"
 
     def _member(self, kind: str) -> bytes:
+        return gzip.decompress(self._member_bytes(kind))
+
+    def _member_bytes(self, kind: str = "mmcif") -> bytes:
+        """The member's stored bytes (one ranged read)."""
         self._require_structure()
         s = self.structure
         if not s.get("published") or not s.get("mmcif_shard"):
@@ -47,26 +56,47 @@ class FoundEntry:
                      "(confidence.publish_tiers) kept its mmCIF out of the atlas.")
         offset, size = int(s[f"{kind}_offset"]), int(s[f"{kind}_size"])
         if self.atlas.is_local:
-            return read_shard_member(self.atlas.root / s["mmcif_shard"], offset, size)
-        with self.atlas.store.open_read(s["mmcif_shard"]) as fh:  # one ranged read
-            return read_shard_member(fh, offset, size)
+            return read_shard_range(self.atlas.root / s["mmcif_shard"], offset, size)
+        return self.atlas.store.read_range(s["mmcif_shard"], offset, size)  # one ranged GET
+
+    def _record(self) -> StoredStructure | None:
+        """The compact record, or None when the member is a gzipped file (shards written before them)."""
+        if not str(self.structure.get("mmcif_member") or "").endswith(RECORD_SUFFIX):
+            return None
+        try:
+            return read_stored_record(self._member_bytes("mmcif"))
+        except ValueError as e:
+            raise AtlasError(f"{self.entry_id}: its structure record cannot be read: {e}",
+                             hint="The shard is damaged or newer than this FoldAtlas; re-run or upgrade.") from e
 
     def mmcif(self) -> str:
+        record = self._record()
+        if record is not None:
+            same = self.structure.get("representative_accession") == self.entry["accession"]
+            return record.render_mmcif(None if same else self._target_entry())
         text = self._member("mmcif").decode()
         if self.structure.get("representative_accession") == self.entry["accession"]:
             return text
+        return retarget_modelcif(text, self._target_entry())
+
+    def _target_entry(self) -> ModelCIFEntry:
         e = self.entry
-        target = ModelCIFEntry(
+        return ModelCIFEntry(
             entry_id=e["entryId"], accession=e["accession"], uniprot_id=e.get("uniprotId"),
             description=e.get("uniprotDescription") or "", organism_scientific_name=e.get("organismScientificName"),
             tax_id=e.get("taxId"), sequence_db_name="UNP" if e.get("isReviewed") is not None else
             (e.get("source_file") or "input"), sequence_version_date=e.get("sequenceVersionDate"),
             model_created_date=e.get("modelCreatedDate"), db_align_begin=e.get("uniprotStart") or 1,
         )
-        return retarget_modelcif(text, target)
 
     def pae_json(self) -> bytes:
-        return self._member("pae")
+        record = self._record()
+        if record is None:
+            return self._member("pae")
+        if not record.has_pae:
+            raise AtlasError(f"{self.entry_id}: the structure has no PAE ({self.model} files carry none)",
+                             hint="Imported PDB files have no PAE; the mmCIF and confidence JSON are available.")
+        return record.render_pae_json()
 
     def confidence_json(self) -> bytes:
         self._require_structure()

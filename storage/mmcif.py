@@ -227,12 +227,13 @@ def _title(model_name: str, model_version: str, trained: bool, entry: ModelCIFEn
     )
 
 
-def _details(model_name: str, weights: str, trained: bool) -> str:
+def _details(model_name: str, weights: str, trained: bool, with_ptm: bool = True) -> str:
     if trained:
+        where = "global pLDDT and pTM are" if with_ptm else "global pLDDT is"
         return (
             f"Ab initio structure prediction by {model_name} (weights sha256 {weights}). Per-residue "
-            "pLDDT is in _atom_site.B_iso_or_equiv and _ma_qa_metric_local; global pLDDT and pTM "
-            "are in _ma_qa_metric_global."
+            f"pLDDT is in _atom_site.B_iso_or_equiv and _ma_qa_metric_local; {where} in "
+            "_ma_qa_metric_global."
         )
     return (
         f"This structure comes from an UNTRAINED, randomly initialised {model_name} model "
@@ -402,7 +403,8 @@ def _sequence_categories(block: cif.Block, sequence: str, names: list[str], obse
     _row(block, "_ma_target_entity_instance.", asym_id=_CHAIN, details=False, entity_id="1")
 
 
-def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[str, str]) -> None:
+def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[str, str],
+                      with_ptm: bool = True) -> None:
     """Software, protocol, model list, data and provenance parameters."""
     untrained = "" if model.trained else "UNTRAINED random-init "
     _category(block, "_ma_data.", {
@@ -417,7 +419,7 @@ def _model_categories(block: cif.Block, model: ModelInfo, provenance: Mapping[st
     steps: list[tuple[str, str, str | None]] = []
     if model.uses_msa:
         steps.append(("coevolution MSA", "multiple sequence alignment of the target", None))
-    steps.append(("modeling", _details(model.name, model.weights_sha256, model.trained), "1"))
+    steps.append(("modeling", _details(model.name, model.weights_sha256, model.trained, with_ptm), "1"))
     steps.append(("other", "FoldAtlas pipeline: confidence metrics and file writing", "2"))
     ordinals = [str(i) for i in range(1, len(steps) + 1)]
     _category(block, "_ma_protocol_step.", {
@@ -460,19 +462,22 @@ def _confidence_categories(
     b_text: list[str],
     observed: list[bool],
     global_plddt: float,
-    ptm: float,
+    ptm: float | None,
 ) -> None:
-    """pLDDT (global, and local for residues with atoms) and pTM (global) as ModelCIF QA metrics."""
+    """pLDDT (global, and local for residues with atoms) and pTM (global, unless None) as QA metrics."""
     rows = [i for i, o in enumerate(observed) if o]  # a local metric needs the residue in _atom_site
     seq_ids = [str(i + 1) for i in rows]
     n = len(rows)
+    k = 3 if ptm is not None else 2  # without pTM (imported AFDB models): the two pLDDT metrics only
     _category(block, "_ma_qa_metric.", {
-        "id": [_METRIC_GLOBAL_PLDDT, _METRIC_LOCAL_PLDDT, _METRIC_PTM], "mode": ["global", "local", "global"],
-        "name": ["pLDDT", "pLDDT", "pTM"], "software_group_id": ["1", "1", "1"], "type": ["pLDDT", "pLDDT", "pTM"],
+        "id": [_METRIC_GLOBAL_PLDDT, _METRIC_LOCAL_PLDDT, _METRIC_PTM][:k],
+        "mode": ["global", "local", "global"][:k], "name": ["pLDDT", "pLDDT", "pTM"][:k],
+        "software_group_id": ["1", "1", "1"][:k], "type": ["pLDDT", "pLDDT", "pTM"][:k],
     })  # fmt: skip
     _category(block, "_ma_qa_metric_global.", {
-        "metric_id": [_METRIC_GLOBAL_PLDDT, _METRIC_PTM], "metric_value": [f"{global_plddt:.2f}", f"{ptm:.4f}"],
-        "model_id": ["1", "1"], "ordinal_id": ["1", "2"],
+        "metric_id": [_METRIC_GLOBAL_PLDDT, _METRIC_PTM][: k - 1],
+        "metric_value": [f"{global_plddt:.2f}"] + ([f"{ptm:.4f}"] if ptm is not None else []),
+        "model_id": ["1", "1"][: k - 1], "ordinal_id": ["1", "2"][: k - 1],
     })  # fmt: skip
     block.set_mmcif_category("_ma_qa_metric_local.", {
         "label_asym_id": [_CHAIN] * n, "label_comp_id": [names[i] for i in rows], "label_seq_id": seq_ids,
@@ -505,7 +510,8 @@ def _atom_site(
 
 
 def render_modelcif(
-    prediction: Prediction, entry: ModelCIFEntry, model: ModelInfo, provenance: Mapping[str, str]
+    prediction: Prediction, entry: ModelCIFEntry, model: ModelInfo, provenance: Mapping[str, str],
+    *, with_ptm: bool = True,
 ) -> str:
     """ModelCIF text for one prediction, in AFDB v4's layout (see the module docstring).
 
@@ -520,6 +526,9 @@ def render_modelcif(
         ValueError: unknown residue letters, no atoms, non-finite coordinates or confidence
             (those predictions are failures, see :func:`pipeline.confidence.check_geometry`), or a
             multi-line provenance value.
+
+    ``with_ptm=False`` writes no pTM metric and ignores ``prediction.ptm``: for imported models
+    whose source has none (AlphaFold DB v4 files, PDB files).
     """
     names = _residue_names(prediction.sequence)
     mask = np.asarray(prediction.atom_mask, dtype=bool)
@@ -529,7 +538,7 @@ def render_modelcif(
     plddt = np.asarray(prediction.plddt, dtype=np.float64)
     if not np.all(np.isfinite(xyz)):
         raise ValueError("non-finite atom coordinates: record a failure instead of writing a structure")
-    if not (np.all(np.isfinite(plddt)) and np.isfinite(prediction.ptm)):
+    if not (np.all(np.isfinite(plddt)) and (np.isfinite(prediction.ptm) or not with_ptm)):
         raise ValueError("non-finite pLDDT or pTM: record a failure instead of writing a structure")
 
     b_text = [f"{v:.2f}" for v in plddt]  # pLDDT as written; the global value is its mean over atoms
@@ -540,14 +549,15 @@ def render_modelcif(
     doc = cif.Document()
     block = doc.add_new_block(entry.entry_id)
     title = _title(model.name, model.version, model.trained, entry)
-    details = _details(model.name, model.weights_sha256, model.trained)
+    details = _details(model.name, model.weights_sha256, model.trained, with_ptm)
     _set_entry_categories(block, entry, prediction.sequence, title, details)
     _row(block, "_audit_conform.", dict_location=DICTIONARY_LOCATION, dict_name=DICTIONARY_NAME,
          dict_version=DICTIONARY_VERSION)  # fmt: skip
     observed: list[bool] = np.asarray(mask.any(axis=1)).tolist()
     _sequence_categories(block, prediction.sequence, names, observed)
-    _model_categories(block, model, provenance)
-    _confidence_categories(block, names, b_text, observed, global_plddt, float(prediction.ptm))
+    _model_categories(block, model, provenance, with_ptm)
+    _confidence_categories(block, names, b_text, observed, global_plddt,
+                           float(prediction.ptm) if with_ptm else None)
     _atom_site(block, names, b_text, mask, xyz)
     _sort_categories(block)
     text: str = doc.as_string(_write_options())

@@ -1,7 +1,8 @@
-"""Structure shards: an uncompressed POSIX tar of individually gzip-compressed members.
+"""Structure shards: an uncompressed POSIX tar of individually compressed members.
 
-A shard holds one work unit's published files (``<entry>-model_v1.cif.gz``, and beside them e.g.
-``<entry>-predicted_aligned_error_v1.json.gz``). The tar itself is NOT compressed, so each
+A shard holds one work unit's published files: since atlas format 2, one compact structure record
+per structure (``<entry>-model_v1.fac``, :mod:`storage.compact`, stored as it is: it is compressed
+already); gzipped files (``*.gz``, e.g. ``<entry>-model_v1.cif.gz``) remain supported. The tar itself is NOT compressed, so each
 member's bytes sit contiguously at a known offset: :func:`write_mmcif_shard` returns a
 :class:`ShardMember` index (offset of the member's data inside the tar, its stored = compressed
 size, sha256 of the stored bytes) and :func:`read_shard_member` reads ONE member by seeking to that
@@ -29,7 +30,15 @@ from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ShardMember", "iter_shard", "read_shard_index", "read_shard_member", "write_mmcif_shard"]
+__all__ = [
+    "RECORD_SUFFIX",
+    "ShardMember",
+    "iter_shard",
+    "read_shard_index",
+    "read_shard_member",
+    "read_shard_range",
+    "write_mmcif_shard",
+]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BLOCK = tarfile.BLOCKSIZE  # 512
@@ -52,10 +61,17 @@ class ShardMember:
     sha256: str
 
 
+#: Compact structure records (:mod:`storage.compact`) are compressed already: stored as they are.
+RECORD_SUFFIX = ".fac"
+
+
 def _stored_bytes(name: str, data: bytes) -> bytes:
     """Gzip ``data`` unless it already is a gzip stream (which is then checked to decompress)."""
+    if name.endswith(RECORD_SUFFIX):
+        return data
     if not name.endswith(".gz"):
-        raise ValueError(f"shard member names end with .gz (members are gzip files), got {name!r}")
+        raise ValueError(f"shard member names end with .gz (gzip files) or {RECORD_SUFFIX} (compact "
+                         f"records), got {name!r}")
     if data[:2] != _GZIP_MAGIC:
         return gzip.compress(data, compresslevel=6, mtime=0)
     try:
@@ -115,6 +131,21 @@ def read_shard_member(
         ValueError: the range is past the end of the file, the checksum differs, or the bytes
             are not a gzip stream (wrong offset or size).
     """
+    stored = read_shard_range(source, offset, size, sha256=sha256)
+    try:
+        return gzip.decompress(stored)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"bytes at offset {offset} (size {size}) are not a gzip member: {e}") from e
+
+
+def read_shard_range(
+    source: str | os.PathLike[str] | BinaryIO, offset: int, size: int, *, sha256: str | None = None
+) -> bytes:
+    """Read one member's stored bytes at ``offset``/``size`` as they are (compact records).
+
+    Raises:
+        ValueError: the range is past the end of the file or the checksum differs.
+    """
     if offset < 0 or size < 0:
         raise ValueError(f"offset and size must be >= 0, got {offset}, {size}")
     if isinstance(source, (str, os.PathLike)):
@@ -128,10 +159,7 @@ def read_shard_member(
         raise ValueError(f"shard is too short: wanted {size} bytes at offset {offset}, got {len(stored)}")
     if sha256 is not None and hashlib.sha256(stored).hexdigest() != sha256:
         raise ValueError(f"member at offset {offset} fails its sha256 check; the shard or its index is wrong")
-    try:
-        return gzip.decompress(stored)
-    except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"bytes at offset {offset} (size {size}) are not a gzip member: {e}") from e
+    return stored
 
 
 def read_shard_index(path: str | os.PathLike[str]) -> list[ShardMember]:
@@ -150,6 +178,10 @@ def _stored_members(path: str | os.PathLike[str], mode: str) -> Iterator[tuple[t
 
 
 def iter_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(member name, decompressed bytes)`` for every member, in order, streaming the tar."""
+    """Yield ``(member name, decompressed bytes)`` for every member, in order, streaming the tar.
+
+    Compact records (``.fac``) are yielded as stored; :func:`storage.structure_record.read_record`
+    decodes them.
+    """
     for info, stored in _stored_members(path, "r|"):
-        yield info.name, gzip.decompress(stored)
+        yield info.name, stored if info.name.endswith(RECORD_SUFFIX) else gzip.decompress(stored)

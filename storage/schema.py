@@ -10,8 +10,9 @@ Tables (each stored as ``<atlas>/<table>/*.parquet``):
     One row per accepted input record (an accession). The 27 AlphaFold DB BigQuery ``metadata``
     columns keep AFDB's names, types and meanings; FoldAtlas columns sit beside them.
 ``structures``
-    One row per predicted (sequence, model): metrics, per-residue pLDDT and where the mmCIF and
-    PAE JSON live inside the mmCIF shard.
+    One row per predicted or imported (sequence, model): metrics, per-residue pLDDT and where the
+    structure's compact record (coordinates, pLDDT, PAE; mmCIF and PAE JSON rendered from it) lives
+    inside the structure shard.
 ``rejects``
     One row per input record that failed validation, with a reason code.
 ``failures``
@@ -85,7 +86,7 @@ ENTRIES_SCHEMA = pa.schema(
         _f("msa_depth", pa.int64(), "Sequences in the MSA, query included (null: no MSA searched)", "sequences"),
         _f("msa_neff", pa.float64(), "Effective number of sequences at 80% identity", "sequences"),
         _f("msa_key", pa.string(), "Key of the MSA in the msas table"),
-        _f("taxonomy_source", pa.string(), "Where organism fields came from: uniprot_header | none"),
+        _f("taxonomy_source", pa.string(), "Where organism fields came from: uniprot_header | afdb_mmcif | none"),
         _f("source_file", pa.string(), "Input file name the record came from"),
         _f("source_record_index", pa.int64(), "0-based position of the record in its input file"),
         _f("header", pa.string(), "The raw FASTA header line (without '>')"),
@@ -121,13 +122,13 @@ STRUCTURES_SCHEMA = pa.schema(
         _f("mean_pae", pa.float64(), "Mean predicted aligned error", "Angstrom"),
         _f("ca_ca_outlier_fraction", pa.float64(), "Fraction of consecutive CA-CA distances outside 3.0-4.5 A", "fraction 0-1"),
         _f("tier", pa.string(), "Confidence tier from the publication policy"),
-        _f("published", pa.bool_(), "Whether mmCIF and PAE JSON are in the mmCIF shard"),
+        _f("published", pa.bool_(), "Whether the structure record (mmCIF and PAE JSON on demand) is in a shard"),
         _f("representative_accession", pa.string(), "Accession whose metadata the stored mmCIF carries"),
-        _f("mmcif_shard", pa.string(), "Shard path relative to the atlas root (tar)"),
-        _f("mmcif_member", pa.string(), "Member name of the gzipped mmCIF inside the shard"),
-        _f("mmcif_offset", pa.int64(), "Byte offset of the member's data in the shard", "bytes"),
-        _f("mmcif_size", pa.int64(), "Compressed size of the member", "bytes"),
-        _f("pae_member", pa.string(), "Member name of the gzipped PAE JSON (AFDB format)"),
+        _f("mmcif_shard", pa.string(), "Structure shard path relative to the atlas root (tar)"),
+        _f("mmcif_member", pa.string(), "Member name of the structure record (*.fac: compact coordinates, pLDDT, PAE) in the shard"),
+        _f("mmcif_offset", pa.int64(), "Byte offset of the record's data in the shard", "bytes"),
+        _f("mmcif_size", pa.int64(), "Stored size of the record", "bytes"),
+        _f("pae_member", pa.string(), "Member holding the PAE: the same record as mmcif_member (null: no PAE)"),
         _f("pae_offset", pa.int64(), "Byte offset of the PAE member's data in the shard", "bytes"),
         _f("pae_size", pa.int64(), "Compressed size of the PAE member", "bytes"),
         _f("model_seconds", pa.float64(), "Model wall time attributed to this sequence", "seconds"),

@@ -13,7 +13,8 @@ from pipeline.config import PlanConfig
 from pipeline.plan import cut_units
 from pipeline.write import WriteContext, write_unit
 from storage.afdb_json import read_pae_json
-from storage.mmcif_shard import read_shard_member
+from storage.mmcif_shard import read_shard_range
+from storage.structure_record import read_record
 from tests.pipeline.test_plan import rec
 
 
@@ -53,9 +54,11 @@ def test_write_unit_rows_and_shards(tmp_path, tiny_backend, unit_and_outcomes):
     shard = m.staged["mmcif"]
     for s in structures.to_pylist():
         assert s["model_trained"] is False and s["representative_accession"] in ("P1", "P2")
-        cif = read_shard_member(shard, s["mmcif_offset"], s["mmcif_size"]).decode()
+        assert s["mmcif_member"].endswith(".fac") and s["pae_member"] == s["mmcif_member"]
+        record = read_record(read_shard_range(shard, s["mmcif_offset"], s["mmcif_size"]))
+        cif = record.render_mmcif()
         assert cif.startswith(f"data_FA-{s['representative_accession']}-F1")
-        pae = read_pae_json(read_shard_member(shard, s["pae_offset"], s["pae_size"]))
+        pae = read_pae_json(record.render_pae_json())
         assert pae.pae.shape == (s["sequence_length"], s["sequence_length"])
 
 

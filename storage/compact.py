@@ -1,0 +1,392 @@
+"""Compact structure records: coordinates, pLDDT and PAE, lossless at the precision of the files.
+
+A record holds one structure in a few kilobytes and renders back to the exact ModelCIF and AFDB
+PAE JSON text (:mod:`storage.structure_record` does the rendering). What is stored is only what
+the sequence does not imply:
+
+* **coordinates** as int32 thousandths of an Angstrom (mmCIF writes 3 decimals, so this is
+  lossless for every file we write or import), in the order of ``_atom_site`` (residue by
+  residue, atom37 order within a residue);
+* **pLDDT** per residue as integer hundredths (AFDB and we write 2 decimals);
+* **PAE** as integer Angstrom (AFDB v4 files hold integers; :func:`storage.afdb_json.write_pae_json`
+  rounds to integers too), optional (PDB imports have none);
+* **which atoms exist**: implied by the sequence (standard heavy atoms of each residue type,
+  :data:`RESIDUE_ATOMS`), with a flag for AlphaFold's terminal OXT; anything else (missing atoms,
+  unknown residues) falls back to an explicit packed atom mask;
+* a small JSON object (``meta``) for the rest: sequence, max PAE, pTM, model and provenance.
+
+Encoding (format version 1)
+---------------------------
+Coordinates (:mod:`storage.compact_geometry`): each atom has a bonded *reference* atom known to
+the decoder first: CA the previous residue's CA, N/C/CB their residue's CA, O/OXT their C,
+side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference chain is three
+atoms deep is stored in the local frame of that chain (one component nearly constant per residue
+type and atom, two on a circle of nearly constant radius) plus an integer correction that makes
+the coding exact; CA atoms and atoms without such a chain are stored as differences to their
+reference. Every integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest
+byte width, byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd
+level 19. pLDDT: differences along the chain, same integer coding. PAE: 2-D differences (each
+value minus its upper and left neighbours plus the upper-left one). Decoding is vectorised:
+cumulative sums along the chain and over the image, and the side-chain tree level by level.
+
+Byte layout (little-endian)::
+
+    b"FAC" | version u8 | flags u8 | L u32 | n_atoms u32 | sections...
+
+flags: bit 0 = explicit atom mask section present, bit 1 = OXT on the last residue (template
+mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | zstd bytes``
+(``width`` 0 = opaque bytes). Sections in order: meta JSON, [mask bits], the seven coordinate
+streams of :func:`storage.compact_geometry.encode_coordinates`, pLDDT (L), [PAE (L*L)].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from storage.compact_geometry import decode_coordinates, encode_coordinates, stream_sizes
+from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "RESIDUE_ATOMS",
+    "CompactStructure",
+    "decode_structure",
+    "encode_structure",
+    "quantize",
+    "section_sizes",
+    "template_atom_mask",
+]
+
+MAGIC = b"FAC"
+FORMAT_VERSION = 1
+
+_INDEX = {name: i for i, name in enumerate(_ATOM37)}
+_CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
+
+#: Heavy atoms of each residue type (one-letter code), without OXT. X (unknown) has the backbone.
+RESIDUE_ATOMS: dict[str, tuple[str, ...]] = {
+    "A": ("CB",), "R": ("CB", "CG", "CD", "NE", "CZ", "NH1", "NH2"), "N": ("CB", "CG", "OD1", "ND2"),
+    "D": ("CB", "CG", "OD1", "OD2"), "C": ("CB", "SG"), "Q": ("CB", "CG", "CD", "OE1", "NE2"),
+    "E": ("CB", "CG", "CD", "OE1", "OE2"), "G": (), "H": ("CB", "CG", "ND1", "CD2", "CE1", "NE2"),
+    "I": ("CB", "CG1", "CG2", "CD1"), "L": ("CB", "CG", "CD1", "CD2"), "K": ("CB", "CG", "CD", "CE", "NZ"),
+    "M": ("CB", "CG", "SD", "CE"), "F": ("CB", "CG", "CD1", "CD2", "CE1", "CE2", "CZ"),
+    "P": ("CB", "CG", "CD"), "S": ("CB", "OG"), "T": ("CB", "OG1", "CG2"),
+    "W": ("CB", "CG", "CD1", "CD2", "NE1", "CE2", "CE3", "CZ2", "CZ3", "CH2"),
+    "Y": ("CB", "CG", "CD1", "CD2", "CE1", "CE2", "CZ", "OH"), "V": ("CB", "CG1", "CG2"), "X": (),
+}  # fmt: skip
+_RESTYPES = "ARNDCQEGHILKMFPSTWYVX"
+_RESTYPE_INDEX = {c: i for i, c in enumerate(_RESTYPES)}
+
+# Covalent parent of each atom (generic), with the residue-specific exceptions below.
+_PARENT_GENERIC = {
+    "N": "CA", "C": "CA", "O": "C", "OXT": "C", "CB": "CA", "CG": "CB", "CG1": "CB", "CG2": "CB",
+    "OG": "CB", "OG1": "CB", "SG": "CB", "CD": "CG", "CD1": "CG", "CD2": "CG", "ND1": "CG", "ND2": "CG",
+    "OD1": "CG", "OD2": "CG", "SD": "CG", "CE": "CD", "CE1": "CD1", "CE2": "CD2", "CE3": "CD2",
+    "NE": "CD", "NE1": "CD1", "NE2": "CD", "OE1": "CD", "OE2": "CD", "CH2": "CZ2", "NH1": "CZ",
+    "NH2": "CZ", "OH": "CZ", "CZ": "CE1", "CZ2": "CE2", "CZ3": "CE3", "NZ": "CE",
+}  # fmt: skip
+_PARENT_SPECIFIC = {("I", "CD1"): "CG1", ("M", "CE"): "SD", ("H", "CE1"): "ND1", ("H", "NE2"): "CD2",
+                    ("R", "CZ"): "NE"}
+
+
+def _parent_table() -> np.ndarray:
+    """(21, 37) atom37 index of each atom's parent per residue type; -1 for CA (chained)."""
+    table = np.full((len(_RESTYPES), len(_ATOM37)), -1, dtype=np.int64)
+    for r, letter in enumerate(_RESTYPES):
+        for a, name in enumerate(_ATOM37):
+            if name != "CA":
+                table[r, a] = _INDEX[_PARENT_SPECIFIC.get((letter, name), _PARENT_GENERIC[name])]
+    return table
+
+
+_PARENT = _parent_table()
+_FLAG_MASK, _FLAG_OXT, _FLAG_PAE = 1, 2, 4
+_HEADER = struct.Struct("<3sBBII")
+_SECTION = struct.Struct("<BII")
+_ZSTD_LEVEL = 19
+_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates
+_MAX_COORD = 2**31 - 1  # int32 thousandths: +-2,147,483.647 Angstrom
+
+
+def template_atom_mask(sequence: str, oxt: bool = False) -> np.ndarray:
+    """bool (L, 37): the standard heavy atoms of each residue (plus OXT on the last if ``oxt``)."""
+    mask = np.zeros((len(sequence), len(_ATOM37)), dtype=bool)
+    backbone = [_INDEX[n] for n in ("N", "CA", "C", "O")]
+    for i, letter in enumerate(sequence):
+        if letter not in RESIDUE_ATOMS:
+            raise ValueError(f"residue {i + 1} is {letter!r}: only the 20 standard letters and X are stored")
+        mask[i, backbone] = True
+        mask[i, [_INDEX[n] for n in RESIDUE_ATOMS[letter]]] = True
+    if oxt and len(sequence):
+        mask[-1, _OXT] = True
+    return mask
+
+
+@dataclass(frozen=True, eq=False)
+class CompactStructure:
+    """One structure at file precision (all integers).
+
+    Attributes:
+        sequence: one-letter sequence (20 standard letters and X), length L.
+        atom_mask: bool (L, 37), atom37 order.
+        coords: int64 (n_atoms, 3), thousandths of an Angstrom, for the atoms where ``atom_mask``
+            is True in residue-major, atom37 order (the ``_atom_site`` order).
+        plddt: int64 (L,), pLDDT in hundredths (0-10000).
+        pae: int64 (L, L) integer Angstrom, or None.
+        meta: JSON-serialisable key/values (max PAE, pTM, model, provenance ...).
+    """
+
+    sequence: str
+    atom_mask: np.ndarray
+    coords: np.ndarray
+    plddt: np.ndarray
+    pae: np.ndarray | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.sequence)
+        if self.atom_mask.shape != (n, len(_ATOM37)):
+            raise ValueError(f"atom_mask has shape {self.atom_mask.shape}, expected ({n}, 37)")
+        n_atoms = int(np.count_nonzero(self.atom_mask))
+        if self.coords.shape != (n_atoms, 3):
+            raise ValueError(f"coords has shape {self.coords.shape}, expected ({n_atoms}, 3)")
+        if self.plddt.shape != (n,):
+            raise ValueError(f"plddt has shape {self.plddt.shape}, expected ({n},)")
+        if self.pae is not None and self.pae.shape != (n, n):
+            raise ValueError(f"pae has shape {self.pae.shape}, expected ({n}, {n})")
+        if self.coords.size and int(np.abs(self.coords).max()) > _MAX_COORD:
+            raise ValueError("coordinates beyond +-2,147,483.647 Angstrom cannot be stored")
+        if self.plddt.size and (self.plddt.min() < 0 or self.plddt.max() > 10000):
+            raise ValueError("pLDDT hundredths must be within 0-10000")
+        if self.pae is not None and self.pae.size and (self.pae.min() < 0 or self.pae.max() > 65535):
+            raise ValueError("PAE values must be integers within 0-65535")
+
+
+def _decimal_ints(values: np.ndarray, decimals: int) -> np.ndarray:
+    """Each value as the integer its ``f"{v:.{decimals}f}"`` text shows (exact decimal rounding)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(flat)):
+        raise ValueError("values must be finite to be stored")
+    fmt = f"{{:.{decimals}f}}"
+    out = np.fromiter((int(fmt.format(v).replace(".", "")) for v in flat), dtype=np.int64, count=flat.size)
+    return out.reshape(np.shape(values))
+
+
+def quantize(
+    sequence: str,
+    atom_positions: np.ndarray,
+    atom_mask: np.ndarray,
+    plddt: np.ndarray,
+    pae: np.ndarray | None,
+    meta: Mapping[str, Any] | None = None,
+) -> CompactStructure:
+    """A structure at the precision the files carry: 3 decimals (coordinates), 2 (pLDDT), PAE integers.
+
+    The integers are exactly what ``f"{v:.3f}"`` / ``f"{v:.2f}"`` write (mmCIF; a value in
+    (-0.0005, 0] written "-0.000" is stored as 0 and renders "0.000", the same number) and what
+    ``numpy.rint`` gives for PAE (:func:`storage.afdb_json.write_pae_json`), so rendering from the
+    record gives the same text as rendering from the floats.
+    """
+    mask = np.asarray(atom_mask, dtype=bool)
+    coords = _decimal_ints(np.asarray(atom_positions, dtype=np.float64)[mask], 3).reshape(-1, 3)
+    pae_int = None
+    if pae is not None:
+        values = np.asarray(pae, dtype=np.float64)
+        if values.size and (not np.all(np.isfinite(values)) or values.min() < 0):
+            raise ValueError("PAE values must be finite and non-negative")
+        pae_int = np.rint(values).astype(np.int64)
+    return CompactStructure(sequence, mask, coords, _decimal_ints(plddt, 2), pae_int, dict(meta or {}))
+
+
+# ----------------------------------------------------------------------------------------------
+# Integer streams
+# ----------------------------------------------------------------------------------------------
+
+
+def _zstd(data: bytes) -> bytes:
+    return bytes(pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(data, asbytes=True))
+
+
+def _unzstd(data: bytes, size: int) -> bytes:
+    return bytes(pa.Codec("zstd").decompress(data, decompressed_size=size, asbytes=True))
+
+
+def _section(width: int, count: int, payload: bytes) -> bytes:
+    stored = _zstd(payload) if payload else b""
+    return _SECTION.pack(width, count, len(stored)) + stored
+
+
+def _int_section(values: np.ndarray) -> bytes:
+    """Zigzag, narrowest byte width, byte shuffle, zstd."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    zig = (v.astype(np.uint64) << np.uint64(1)) ^ (v >> 63).astype(np.uint64)
+    top = int(zig.max()) if zig.size else 0
+    width = next(w for w in (1, 2, 4, 8) if top < 1 << (8 * w))
+    narrow = zig.astype(f"<u{width}")
+    shuffled = narrow.view(np.uint8).reshape(-1, width).T.tobytes()
+    return _section(width, v.size, shuffled)
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def section(self) -> tuple[int, int, bytes]:
+        if self.pos + _SECTION.size > len(self.data):
+            raise ValueError("compact record is truncated (section header)")
+        width, count, stored = _SECTION.unpack_from(self.data, self.pos)
+        self.pos += _SECTION.size
+        chunk = self.data[self.pos : self.pos + stored]
+        if len(chunk) != stored:
+            raise ValueError("compact record is truncated (section data)")
+        self.pos += stored
+        size = count * (width or 1)
+        try:
+            payload = _unzstd(chunk, size) if stored else b""
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"compact record section does not decompress: {e}") from e
+        if len(payload) != size:
+            raise ValueError("compact record section has the wrong size")
+        return width, count, payload
+
+    def ints(self, expected: int) -> np.ndarray:
+        width, count, payload = self.section()
+        if width not in (1, 2, 4, 8) or count != expected:
+            raise ValueError(f"compact record: expected {expected} integers, found {count} (width {width})")
+        narrow = np.frombuffer(payload, dtype=np.uint8).reshape(width, count).T.copy().view(f"<u{width}").ravel()
+        zig = narrow.astype(np.uint64)
+        return ((zig >> np.uint64(1)).astype(np.int64)) ^ -((zig & np.uint64(1)).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Coordinates: differences to a bonded reference atom
+# ----------------------------------------------------------------------------------------------
+
+
+def _references(sequence: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ref, is_ca) per stored atom: ref = stored index of the reference atom, -1 = absolute."""
+    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    stored_index = np.full(mask.shape, -1, dtype=np.int64)
+    stored_index[mask] = np.arange(int(mask.sum()))
+    res, atom = np.nonzero(mask)
+    parent = _PARENT[restype[res], atom]  # atom37 index, -1 for CA
+    ref = np.where(parent >= 0, stored_index[res, np.maximum(parent, 0)], -1)
+    via_ca = stored_index[res, _CA]
+    ref = np.where((ref < 0) & (atom != _CA), via_ca, ref)  # parent missing: use the residue's CA
+    is_ca = atom == _CA
+    ca_rows = np.nonzero(is_ca)[0]
+    ref[ca_rows] = np.concatenate([[-1], ca_rows[:-1]]) if ca_rows.size else ca_rows
+    return ref, is_ca
+
+
+def _coordinate_deltas(coords: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    base = np.where(ref[:, None] >= 0, coords[np.maximum(ref, 0)], 0)
+    return coords - base
+
+
+def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
+    """(residue type, atom37 index) of each stored atom as one integer: restype * 37 + atom."""
+    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    res, atom = np.nonzero(mask)
+    return restype[res] * len(_ATOM37) + atom
+
+
+def _pae_deltas(pae: np.ndarray) -> np.ndarray:
+    return np.diff(np.diff(pae, axis=0, prepend=0), axis=1, prepend=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+
+
+def encode_structure(structure: CompactStructure) -> bytes:
+    """The compact record bytes of ``structure`` (see the module docstring for the layout)."""
+    seq, mask = structure.sequence, np.asarray(structure.atom_mask, dtype=bool)
+    flags = 0
+    if np.array_equal(mask, template_atom_mask(seq, oxt=True)) and len(seq):
+        flags |= _FLAG_OXT
+    elif not np.array_equal(mask, template_atom_mask(seq)):
+        flags |= _FLAG_MASK
+    if structure.pae is not None:
+        flags |= _FLAG_PAE
+    meta = json.dumps({**structure.meta, "sequence": seq}, separators=(",", ":"),
+                      allow_nan=False).encode()
+    coords = np.asarray(structure.coords, dtype=np.int64)
+    ref, is_ca = _references(seq, mask)
+    parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(seq), coords.shape[0]), _section(0, len(meta), meta)]
+    if flags & _FLAG_MASK:
+        bits = np.packbits(mask.ravel()).tobytes()
+        parts.append(_section(0, len(bits), bits))
+    parts += [_int_section(stream) for stream in encode_coordinates(coords, ref, is_ca, _atom_classes(seq, mask))]
+    parts.append(_int_section(np.diff(np.asarray(structure.plddt, dtype=np.int64), prepend=0)))
+    if structure.pae is not None:
+        parts.append(_int_section(_pae_deltas(np.asarray(structure.pae, dtype=np.int64))))
+    record = b"".join(parts)
+    logger.debug("compact record: %d residues, %d atoms, %d bytes", len(seq), coords.shape[0], len(record))
+    return record
+
+
+def decode_structure(data: bytes) -> CompactStructure:
+    """Parse a compact record.
+
+    Raises:
+        ValueError: not a compact record, an unknown format version, or corrupt/truncated bytes.
+    """
+    if len(data) < _HEADER.size or data[:3] != MAGIC:
+        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
+    _, version, flags, n, n_atoms = _HEADER.unpack_from(data, 0)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"compact record format version {version} is not supported (this reader: "
+                         f"{FORMAT_VERSION}); upgrade FoldAtlas")
+    reader = _Reader(data, _HEADER.size)
+    _, _, meta_bytes = reader.section()
+    meta = json.loads(meta_bytes)
+    sequence = str(meta.pop("sequence"))
+    if len(sequence) != n:
+        raise ValueError(f"compact record: sequence length {len(sequence)} != header length {n}")
+    if flags & _FLAG_MASK:
+        _, _, bits = reader.section()
+        unpacked = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=n * len(_ATOM37))
+        mask = unpacked.astype(bool).reshape(n, len(_ATOM37))
+    else:
+        mask = template_atom_mask(sequence, oxt=bool(flags & _FLAG_OXT))
+    if int(mask.sum()) != n_atoms:
+        raise ValueError(f"compact record: {n_atoms} atoms in the header, {int(mask.sum())} in the mask")
+    ref, is_ca = _references(sequence, mask)
+    classes = _atom_classes(sequence, mask)
+    streams = [reader.ints(size) for size in stream_sizes(ref, is_ca, classes)]
+    coords = decode_coordinates(streams, ref, is_ca, classes)
+    plddt = np.cumsum(reader.ints(n))
+    pae = None
+    if flags & _FLAG_PAE:
+        pae = np.cumsum(np.cumsum(reader.ints(n * n).reshape(n, n), axis=0), axis=1)
+    if reader.pos != len(data):
+        raise ValueError(f"compact record has {len(data) - reader.pos} trailing bytes")
+    return CompactStructure(sequence, mask, coords, plddt, pae, meta)
+
+
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Stored bytes of each part of a record (header, meta, mask, coordinates, plddt, pae)."""
+    if len(data) < _HEADER.size or data[:3] != MAGIC:
+        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
+    flags = data[4]
+    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * _COORDINATE_STREAMS, "plddt",
+             *(["pae"] if flags & _FLAG_PAE else [])]
+    sizes, pos = {"header": _HEADER.size}, _HEADER.size
+    for name in names:
+        _, _, stored = _SECTION.unpack_from(data, pos)
+        sizes[name] = sizes.get(name, 0) + _SECTION.size + stored
+        pos += _SECTION.size + stored
+    return sizes
