@@ -78,7 +78,10 @@ class Atlas:
         return self.root / table
 
     def glob(self, table: str) -> str:
-        return str(self.table_dir(table) / "*.parquet")
+        # layout: the table's current generation, symlink resolved once (storage/layout.py)
+        from storage.layout import table_glob
+
+        return table_glob(self.root, table)
 
     @property
     def runs_dir(self) -> Path:
