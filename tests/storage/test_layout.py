@@ -182,3 +182,17 @@ def test_every_table_has_a_layout() -> None:
     assert set(LAYOUTS) == set(TABLES)
     for name, lay in LAYOUTS.items():
         assert set(lay.sort_by) <= set(TABLES[name].names) and set(lay.bloom) <= set(TABLES[name].names)
+
+
+def test_key_lookup_finds_each_key_column_and_filters_model() -> None:
+    from storage.layout import key_lookup_sql
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE e AS SELECT * FROM (VALUES ('P1', 'FA-P1-F1', 'aa', 'esmfold'), "
+                "('P2', 'FA-P2-F1', 'bb', 'esmfold'), ('P2', 'FA-P2-F1', 'bb', 'other')) "
+                "t(accession, entryId, sequence_sha256, model)")
+    sql = key_lookup_sql("e", ("accession", "entryId", "sequence_sha256"))
+    for key, want in (("P1", 1), ("FA-P2-F1", 2), ("bb", 2), ("zz", 0)):
+        assert len(con.execute(sql, {"key": key}).fetchall()) == want, key
+    sql = key_lookup_sql("e", ("accession", "entryId", "sequence_sha256"), model=True)
+    assert con.execute(sql, {"key": "P2", "model": "other"}).fetchall() == [("P2", "FA-P2-F1", "bb", "other")]
