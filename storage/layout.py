@@ -176,6 +176,12 @@ def _generations(root: Path, table: str) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _generation_no(root: Path, table: str, gen_dir: Path) -> int:
+    """Number of a generation directory; 0 for a table that is still a plain directory."""
+    m = _GEN_RE.match(gen_dir.name)
+    return int(m.group(1)) if m and gen_dir.parent == root / GENERATIONS_DIR / table else 0
+
+
 def _rename_exchange(a: Path, b: Path) -> None:
     """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -369,6 +375,10 @@ def compact_table(root: Path, table: str, *, target_rows: int = 1_000_000, full:
     keep, merge = _select_for_merge(files, target_rows, full)
     if len(merge) < 2:
         return None
+    gens = _generations(root, table)
+    for no, gen in gens:  # built by a compaction that died before its switch: no reader ever saw it
+        if gen != current and not (gen / RETIRED_MARKER).exists() and no > _generation_no(root, table, current):
+            shutil.rmtree(gen)
     gens = _generations(root, table)
     gen_no = (gens[-1][0] if gens else 0) + 1
     base = root / GENERATIONS_DIR / table

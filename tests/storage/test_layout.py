@@ -196,3 +196,20 @@ def test_key_lookup_finds_each_key_column_and_filters_model() -> None:
         assert len(con.execute(sql, {"key": key}).fetchall()) == want, key
     sql = key_lookup_sql("e", ("accession", "entryId", "sequence_sha256"), model=True)
     assert con.execute(sql, {"key": "P2", "model": "other"}).fetchall() == [("P2", "FA-P2-F1", "bb", "other")]
+
+
+def test_generation_of_a_compaction_that_died_before_its_switch_is_dropped(tmp_path: Path) -> None:
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    u = _universe(300)
+    _publish_units(atlas, u, range(3))
+    compact(atlas.root, tables=("entries",), target_rows=100, grace_s=3600)
+    orphan = atlas.root / "_tables" / "entries" / "g000002"
+    orphan.mkdir()  # built, never switched to
+    (orphan / "c-000002-00000.parquet").write_bytes(b"partial")
+    _publish_units(atlas, u, range(3, 6))
+    report = compact(atlas.root, tables=("entries",), target_rows=100, grace_s=3600)
+    assert report.tables[0].generation == "g000002"  # the orphan was removed, its number reused
+    assert os.readlink(atlas.root / "entries") == "_tables/entries/g000002"
+    assert pq.read_metadata(orphan / "c-000002-00000.parquet").num_rows == 100
+    assert _counts(f"{atlas.root}/entries/*.parquet") == (300, 300)
