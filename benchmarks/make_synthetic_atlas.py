@@ -383,7 +383,8 @@ def generate(out: Path, entries: int, naive_entries: int, unit_size: int = 100, 
     rng = np.random.default_rng(seed + 1)
     naive_units = max(1, naive_entries // unit_size)
     in_naive = np.flatnonzero(u.unit < naive_units)  # whole work units
-    sample_idx = np.sort(rng.choice(in_naive, min(sample, len(in_naive)), replace=False))
+    gettable = in_naive[~u.failed[in_naive]]  # failed entries have no structure
+    sample_idx = np.sort(rng.choice(gettable, min(sample, len(gettable)), replace=False))
     mmcif = out / "mmcif"
     real = write_real_shards(u, sample_idx, mmcif)
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t0}

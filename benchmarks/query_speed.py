@@ -168,6 +168,18 @@ def measure_compaction(naive: Path, keys: list[tuple[str, str]], target_rows: in
             "after": after}
 
 
+def _failed_accessions(root: Path, accessions: list[str]) -> set[str]:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(f"SELECT accession FROM read_parquet('{root}/entries/*.parquet') "
+                           "WHERE accession IN (SELECT unnest(?)) AND status <> 'predicted'", [accessions]).fetchall()
+    finally:
+        con.close()
+    return {a for (a,) in rows}
+
+
 def _fit(points: list[tuple[int, float]], at: int) -> dict[str, float]:
     """Least-squares line through (files, ms) points, evaluated at ``at`` files."""
     (x1, y1), (x2, y2) = points
@@ -182,7 +194,9 @@ def run(data: Path, n_keys: int, naive_keys: int) -> dict[str, Any]:
 
     gen = json.loads((data / "generated.json").read_text())
     keys_all = json.loads((data / "keys.json").read_text())
-    pairs = list(zip(keys_all["accessions"], keys_all["sequence_sha256"], strict=True))
+    failed = _failed_accessions(data / "layout", keys_all["accessions"])
+    pairs = [(a, s) for a, s in zip(keys_all["accessions"], keys_all["sequence_sha256"], strict=True)
+             if a not in failed]  # failed entries have no structure to get
     res: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__, "loadavg_before": os.getloadavg()},
@@ -200,7 +214,7 @@ def run(data: Path, n_keys: int, naive_keys: int) -> dict[str, Any]:
     res["naive"] = measure_layout(naive, pairs[:naive_keys])
     half_keys = [(a, s) for a, s, unit in zip(keys_all["accessions"], keys_all["sequence_sha256"],
                                                keys_all["unit_ids"], strict=True)
-                 if f"{unit}.parquet" in half_set][:naive_keys] or pairs[:1]
+                 if f"{unit}.parquet" in half_set and a not in failed][:naive_keys] or pairs[:1]
     res["naive_half"] = measure_layout(naive, half_keys, files=half, fetch_entry_calls=False, aggregate_runs=1)
     full_files = gen["entries"] // gen["unit_size"]
     n_all, n_half = res["naive"]["files"]["entries"], res["naive_half"]["files"]["entries"]
