@@ -213,3 +213,21 @@ def test_generation_of_a_compaction_that_died_before_its_switch_is_dropped(tmp_p
     assert os.readlink(atlas.root / "entries") == "_tables/entries/g000002"
     assert pq.read_metadata(orphan / "c-000002-00000.parquet").num_rows == 100
     assert _counts(f"{atlas.root}/entries/*.parquet") == (300, 300)
+
+
+def test_fetch_entry_on_a_compacted_atlas_by_every_key(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.make_synthetic_atlas import generate
+    from storage.entry import fetch_entry
+
+    generate(tmp_path / "d", entries=400, naive_entries=200, unit_size=20, target_rows=150, sample=3)
+    root = tmp_path / "d" / "naive"
+    compact(root, target_rows=150, grace_s=0)
+    assert (root / "entries").is_symlink() and (root / "structures").is_symlink()
+    keys = json.loads((tmp_path / "d" / "keys.json").read_text())
+    acc, sha = keys["accessions"][0], keys["sequence_sha256"][0]
+    for key in (acc, f"FA-{acc}-F1", sha):
+        found = fetch_entry(root, key)
+        assert found.entry["accession"] == acc and found.structure["sequence_sha256"] == sha
+    assert "data_" in fetch_entry(root, acc).mmcif()[:200]
