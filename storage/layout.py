@@ -165,6 +165,8 @@ def table_glob(root: str | Path, table: str) -> str:
     Use it instead of ``<atlas>/<table>/*.parquet`` in FoldAtlas's own readers; the result stays
     readable for the grace period of :func:`compact` even if a compaction switches generations.
     """
+    if str(root).startswith("s3://"):  # no symlinks, no generations on S3: the plain glob
+        return f"{str(root).rstrip('/')}/{table}/*.parquet"
     return str(table_dir(Path(root), table) / "*.parquet")
 
 

@@ -231,3 +231,7 @@ def test_fetch_entry_on_a_compacted_atlas_by_every_key(tmp_path: Path) -> None:
         found = fetch_entry(root, key)
         assert found.entry["accession"] == acc and found.structure["sequence_sha256"] == sha
     assert "data_" in fetch_entry(root, acc).mmcif()[:200]
+
+
+def test_table_glob_of_an_s3_atlas_is_the_plain_glob() -> None:
+    assert table_glob("s3://bucket/atlas/", "entries") == "s3://bucket/atlas/entries/*.parquet"
