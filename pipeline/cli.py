@@ -336,7 +336,7 @@ class ImportSource(StrEnum):
 @app.command("import")
 def import_cmd(
     paths: Annotated[list[Path], typer.Argument(help="AFDB mmCIF + PAE JSON, ColabFold/ESMFold PDB files or dirs")],
-    atlas: Annotated[Path, typer.Option("--atlas", help="Atlas directory (created if missing)")],
+    atlas: Annotated[str, typer.Option("--atlas", help="Atlas directory or s3:// prefix (created if missing)")],
     source: Annotated[ImportSource, typer.Option(help="Where the files come from (auto: by file name)")]
     = ImportSource.auto,
     config: Annotated[Path | None, typer.Option("--config", help="TOML run configuration (tiers)")] = None,
@@ -357,6 +357,36 @@ def import_cmd(
     if summary.rejected:
         typer.secho(f"{summary.rejected} files rejected: see the rejects table (run {summary.run_id})",
                     fg="yellow", err=True)
+
+
+# ---- compact (storage/layout.py) ----------------------------------------------------------------
+@app.command()
+def compact(
+    atlas: AtlasArg,
+    target_rows: Annotated[int, typer.Option("--target-rows", help="Rows per merged file")] = 1_000_000,
+    full: Annotated[bool, typer.Option("--full", help="Also rewrite large merged files (one global sort)")] = False,
+    grace_minutes: Annotated[float, typer.Option("--grace-minutes",
+                                                 help="Keep retired generations this long for running readers")] = 60.0,
+    memory_limit: Annotated[str, typer.Option("--memory-limit", help="DuckDB memory limit for the sort")] = "2GB",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Merge the atlas's small per-unit Parquet shards into large sorted files (atomic for readers)."""
+    from storage.layout import compact as compact_atlas
+
+    _setup_logging(verbose)
+    try:
+        report = compact_atlas(atlas, target_rows=target_rows, full=full, grace_s=grace_minutes * 60,
+                               memory_limit=memory_limit)
+    except FoldAtlasError as e:
+        _fail(e)
+    for t in report.tables:
+        typer.echo(f"{t.table}: {t.files_merged} files ({t.rows_merged} rows) merged; {t.files_before} -> "
+                   f"{t.files_after} files, generation {t.generation}, {t.seconds:.1f} s")
+    if not report.tables:
+        typer.echo("nothing to compact")
+    for g in report.dropped_generations:
+        typer.echo(f"dropped retired generation {g}")
+# ---- end compact ---------------------------------------------------------------------------------
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -49,7 +49,8 @@ from pipeline.ingest import AcceptedRecord, sequence_hashes
 from pipeline.plan import atlas_state
 from pipeline.write import MODEL_VERSION, WriteContext, entry_id, entry_row
 from storage.afdb_json import round_plddt
-from storage.atlas import Atlas, write_parquet
+from storage.atlas import Atlas
+from storage.layout import write_shard
 from storage.mmcif import ModelCIFEntry
 from storage.mmcif_shard import RECORD_SUFFIX, write_mmcif_shard
 from storage.schema import ENTRIES_SCHEMA, REJECTS_SCHEMA, STRUCTURES_SCHEMA
@@ -224,12 +225,12 @@ def _write_unit(items: list[tuple[ImportedStructure, AcceptedRecord, bool]], ctx
                                 ("entries", entry_rows, ENTRIES_SCHEMA)):
         if rows:
             path = staging / table / f"{unit_id}.parquet"
-            write_parquet(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema),
-                          path, provenance)
+            write_shard(table, pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows],
+                                                    schema=schema), path, provenance)
             staged[table] = str(path)
     counts = {"structures": len(structure_rows), "entries": len(entry_rows), "failures": 0,
               "published_structures": len(members)}
-    atlas.publish_unit(ctx.run_id, unit_id, staged, counts)
+    atlas.publish_unit(ctx.run_id, unit_id, atlas.upload_staged(ctx.run_id, staged), counts)
     summary.units.append(unit_id)
     summary.structures_written += len(structure_rows)
     summary.entries_written += len(entry_rows)
@@ -259,7 +260,7 @@ def import_predictions(paths: Sequence[str | Path], atlas_root: str | Path, *, s
     files = collect_files(paths)
     atlas = Atlas(atlas_root)
     run_id = new_run_id()
-    summary = ImportSummary(run_id=run_id, atlas=str(atlas.root), files=len(files))
+    summary = ImportSummary(run_id=run_id, atlas=atlas.uri, files=len(files))
     structures, rejects = read_import_files(files, source)
     summary.structures_read = len(structures)
     items = _dedupe(structures, rejects)
@@ -271,7 +272,7 @@ def import_predictions(paths: Sequence[str | Path], atlas_root: str | Path, *, s
         atlas.write_run_file(run_id, "provenance.json", json.dumps(provenance, indent=2))
         staging = atlas.staging_dir(run_id)
         staging.mkdir(parents=True, exist_ok=True)
-        ctx = WriteContext(staging=str(staging), atlas=str(atlas.root), run_id=run_id,
+        ctx = WriteContext(staging=str(staging), atlas=atlas.uri, run_id=run_id,
                            policy=policy or ConfidencePolicy(), provenance=provenance)
         todo: list[tuple[ImportedStructure, AcceptedRecord, bool]] = []
         state: dict[str, tuple[set[tuple[str, str]], set[str]]] = {}
@@ -297,7 +298,7 @@ def import_predictions(paths: Sequence[str | Path], atlas_root: str | Path, *, s
             if table.num_rows:
                 name = "rejects-" + hashlib.sha256("\n".join(sorted(table.column("reject_key").to_pylist()))
                                                    .encode()).hexdigest()[:20] + ".parquet"
-                write_parquet(table, staging / name, provenance)
+                write_shard("rejects", table, staging / name, provenance)
                 atlas.publish_file(staging / name, "rejects", name)
         summary.rejected = len(rejects)
         for r in rejects:

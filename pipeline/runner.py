@@ -31,7 +31,8 @@ from pipeline.msa_stage import MSASpec, make_spec
 from pipeline.plan import Plan, WorkUnit, make_plan, reject_key, unit_id_for
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
-from storage.atlas import Atlas, write_parquet
+from storage.atlas import Atlas
+from storage.layout import write_shard
 from storage.schema import REJECTS_SCHEMA
 from storage.store import aws_env
 
@@ -293,13 +294,13 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
                            is_reference_proteome=cfg.is_reference_proteome, msa=msa_spec)
         if plan.new_rejects:
             name = _content_name("rejects", [reject_key(r) for r in plan.new_rejects])
-            write_parquet(_rejects_table(plan, run_id), staging / name, provenance)
+            write_shard("rejects", _rejects_table(plan, run_id), staging / name, provenance)
             atlas.publish_file(staging / name, "rejects", name)
         if plan.link_records:
             structures = _structure_rows(atlas, cfg.model.name, {r.sha256 for r in plan.link_records})
             table = entry_rows_for_links(plan.link_records, structures, cfg.model.name, ctx, plan.msa_known)
             name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
-            write_parquet(table, staging / name, provenance)
+            write_shard("entries", table, staging / name, provenance)
             atlas.publish_file(staging / name, "entries", name)
             summary.linked = summary.entries_written = len(plan.link_records)
         if plan.reused:
@@ -322,7 +323,7 @@ def _publish_reused(plan: Plan, ctx: WriteContext, atlas: Atlas, summary: RunSum
         structures = _structure_rows(atlas, model, {r.sha256 for r in records})
         table = entry_rows_for_links(records, structures, model, ctx, plan.msa_known)
         name = _content_name("reuse", [f"{r.accession}:{r.sha256}:{model}" for r in records])
-        write_parquet(table, Path(ctx.staging) / name, ctx.provenance)
+        write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
         atlas.publish_file(Path(ctx.staging) / name, "entries", name)
         summary.linked += len(records)
         summary.entries_written += len(records)

@@ -23,7 +23,7 @@ from pipeline.confidence import ConfidencePolicy, compute_confidence
 from pipeline.ingest import AcceptedRecord
 from pipeline.msa_stage import MSASpec, MSAStat, MSAUnitResult, params_json
 from pipeline.plan import WorkUnit
-from storage.atlas import write_parquet
+from storage.layout import write_shard
 from storage.mmcif import ModelCIFEntry
 from storage.mmcif_shard import RECORD_SUFFIX, write_mmcif_shard
 from storage.schema import ENTRIES_SCHEMA, FAILURES_SCHEMA, MSAS_SCHEMA, STRUCTURES_SCHEMA
@@ -253,7 +253,7 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
                                 ("entries", entry_rows, ENTRIES_SCHEMA)):
         if rows:
             path = staging / table / f"{unit.unit_id}.parquet"
-            write_parquet(_table([{k: r.get(k) for k in schema.names} for r in rows], schema), path, provenance)
+            write_shard(table, _table([{k: r.get(k) for k in schema.names} for r in rows], schema), path, provenance)
             manifest.staged[table] = str(path)
     manifest.counts = {"structures": len(structure_rows), "failures": len(failure_rows),
                        "entries": len(entry_rows), "published_structures": len(member_of), "msas": len(msa_rows)}

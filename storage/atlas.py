@@ -115,8 +115,13 @@ class Atlas:
         return self.root / table
 
     def glob(self, table: str) -> str:
-        """The ``read_parquet`` pattern of a table (a path or an ``s3://`` URI)."""
-        return f"{self.store.url(table)}/*.parquet"
+        """The ``read_parquet`` pattern of a table: an ``s3://`` URI, or locally the table's current
+        generation with the symlink resolved once (``storage/layout.py``, ``foldatlas compact``)."""
+        if not self.is_local:
+            return f"{self.store.url(table)}/*.parquet"
+        from storage.layout import table_glob
+
+        return table_glob(self.root, table)
 
     def duckdb(self) -> Any:
         """A new DuckDB connection that can read this atlas's globs (S3 registered when needed)."""

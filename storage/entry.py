@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.errors import AtlasError, EntryNotFound
 from storage.afdb_json import write_confidence_json
 from storage.atlas import Atlas
+from storage.layout import key_lookup_sql
 from storage.mmcif import ModelCIFEntry, retarget_modelcif
 from storage.mmcif_shard import RECORD_SUFFIX, read_shard_range
 from storage.structure_record import StoredStructure
@@ -129,14 +130,12 @@ def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None,
     atlas.require()
     con = atlas.duckdb()
     try:
-        params: list[Any] = [key, key, key]
-        where = "(accession = ? OR entryId = ? OR sequence_sha256 = ?)"
-        if model:
-            where += " AND model = ?"
-            params.append(model)
-        entries = con.sql(
-            f"SELECT * FROM read_parquet('{atlas.glob('entries')}', union_by_name=true) WHERE {where} "
-            "ORDER BY created_at DESC", params=params).to_arrow_table().to_pylist()
+        # layout: one pruned lookup per key column; an OR across columns scans the table (storage/layout.py)
+        params: dict[str, Any] = {"key": key, **({"model": model} if model else {})}
+        sql = key_lookup_sql(f"read_parquet('{atlas.glob('entries')}', union_by_name=true)",
+                             ("accession", "entryId", "sequence_sha256"), model=bool(model))
+        found = con.sql(f"SELECT * FROM ({sql}) ORDER BY created_at DESC", params=params).to_arrow_table().to_pylist()
+        entries = list({(e["accession"], e["sequence_sha256"], e["model"]): e for e in found}.values())
         if not entries:
             raise EntryNotFound(f"No entry {key!r} in {atlas.uri}" + (f" for model {model}" if model else ""),
                                 hint="Check the accession with: foldatlas query ATLAS \"SELECT accession FROM entries\"")

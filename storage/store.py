@@ -40,6 +40,15 @@ MULTIPART_CHUNK = 64 * 1024 * 1024
 S3_MAX_ATTEMPTS = 10
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_s3(uri: str | os.PathLike[str]) -> bool:
     return str(uri).startswith("s3://")
 
@@ -284,11 +293,7 @@ class LocalStore(Store):
         with open(s, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(s, d)
-        fd = os.open(d.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(d.parent)
 
     def open_read(self, rel: str) -> BinaryIO:
         return open(self.path(rel), "rb")
