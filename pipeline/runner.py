@@ -355,20 +355,25 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
         with _progress(progress) as bar:
             tasks = {s: bar.add_task(s, total=total) for s in stages}
 
+            def sample(timeout: float) -> dict[str, Any] | None:
+                """One reading of the tracker into the bars and the timeline; None if it failed."""
+                try:
+                    snap: dict[str, Any] = ray.get(tracker.snapshot.remote(), timeout=timeout)
+                except Exception as e:  # progress is for reporting: losing it must never stop the run
+                    log.debug("progress sample failed: %s", e)
+                    return None
+                last.update(snap)
+                timeline.append(timeline_point(snap, stages, total))
+                for st, task in tasks.items():
+                    bar.update(task, completed=snap["stages"][st]["sequences"])
+                return snap
+
             def poll() -> None:  # per-stage bars and the timeline, from the tracker's counts
                 while True:
-                    try:
-                        snap = ray.get(tracker.snapshot.remote(), timeout=30)
-                    except Exception as e:  # a slow or lost poll must never stop the run
-                        log.debug("progress poll failed: %s", e)
-                    else:
-                        last.update(snap)
-                        timeline.append(timeline_point(snap, stages, total))
-                        for st, task in tasks.items():
-                            bar.update(task, completed=snap["stages"][st]["sequences"])
-                        if not progress and snap["t"] - logged[0] >= cfg.ray.progress_log_s:
-                            logged[0] = snap["t"]  # no terminal (Ray job, CI, nohup): a log line instead
-                            log.info("progress %s", progress_line(snap, stages, total))
+                    snap = sample(30)
+                    if snap and not progress and snap["t"] - logged[0] >= cfg.ray.progress_log_s:
+                        logged[0] = snap["t"]  # no terminal (Ray job, CI, nohup): a log line instead
+                        log.info("progress %s", progress_line(snap, stages, total))
                     if stop.wait(cfg.ray.progress_interval_s):
                         return
 
@@ -394,15 +399,8 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
                     _publish(atlas, ctx, manifest, unit, tracker, summary, tiers, failed)
             stop.set()
             poller.join(timeout=60)
-            try:
-                final = ray.get(tracker.snapshot.remote(), timeout=60)
-            except Exception as e:  # progress is for reporting; its loss must not fail a finished run
-                log.warning("could not read the final stage counts: %s", e)
-            else:
-                last.update(final)
-                timeline.append(timeline_point(final, stages, total))
-                for st, task in tasks.items():
-                    bar.update(task, completed=final["stages"][st]["sequences"])
+            if sample(60) is None:
+                log.warning("could not read the final stage counts; the summary has the last sample")
     finally:
         stop.set()
         summary.fold_wall_seconds = time.perf_counter() - t_fold
