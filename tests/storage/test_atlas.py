@@ -44,7 +44,7 @@ def test_publish_is_a_rename_and_replaces_same_name(tmp_path):
     staged = atlas.staging_dir("r1") / "structures" / "u1.parquet"
     table = TABLES["rejects"].empty_table()
     write_parquet(table, staged, {"run_id": "r1"})
-    final = atlas.publish_file(staged, "structures", "u1.parquet")
+    final = atlas.root / atlas.publish_file(staged, "structures", "u1.parquet")
     assert final.exists() and not staged.exists()
     write_parquet(table, staged, {"run_id": "r2"})  # a retried unit publishes the same name again
     atlas.publish_file(staged, "structures", "u1.parquet")
@@ -52,6 +52,14 @@ def test_publish_is_a_rename_and_replaces_same_name(tmp_path):
     assert atlas.clean_staging() == 1 and not atlas.staging_dir("r1").exists()
 
 
-def test_s3_atlas_is_a_clear_error(tmp_path):
-    with pytest.raises(AtlasError, match="S3"):
-        Atlas("s3://bucket/atlas")
+def test_atlas_locations(tmp_path):
+    s3 = Atlas("s3://bucket/some/atlas/")
+    assert s3.uri == "s3://bucket/some/atlas" and not s3.is_local
+    assert s3.glob("entries") == "s3://bucket/some/atlas/entries/*.parquet"
+    with pytest.raises(AtlasError, match="not a local directory"):
+        _ = s3.root
+    with pytest.raises(AtlasError, match="no bucket"):
+        Atlas("s3:///atlas")
+    with pytest.raises(AtlasError, match="unsupported location"):
+        Atlas("gs://bucket/atlas")
+    assert Atlas(tmp_path / "a").is_local
