@@ -35,12 +35,10 @@ def _rank(model: str, patterns: Sequence[str]) -> int | None:
 def reusable_structures(atlas: Atlas, patterns: Sequence[str], sha256s: Iterable[str],
                         exclude_model: str) -> tuple[dict[str, str], set[tuple[str, str, str]]]:
     """({sha256: model to reuse}, existing entry keys (accession, sha256, model) of those models)."""
-    import duckdb
-
     wanted = set(sha256s)
     if not patterns or not wanted:
         return {}, set()
-    con = duckdb.connect()
+    con = atlas.duckdb()
     try:
         con.execute("CREATE TEMP TABLE want(sha VARCHAR)")
         con.executemany("INSERT INTO want VALUES (?)", [(s,) for s in wanted])

@@ -185,3 +185,29 @@ def test_export_and_validate_an_s3_atlas(s3_run, tmp_path):
     manifest = json.loads(open_store(dest).read_text("manifest.json"))
     assert sum(f["entries"] for f in manifest["files"] if f["path"].endswith(".tar")) == \
         len([e for e in _rows(uri, "entries") if e["published"]])
+
+
+def test_import_into_an_s3_atlas_renders_the_afdb_file_back(s3_server, tmp_path):
+    """foldatlas import publishes through the store too; get renders AFDB's coordinates back."""
+    import gemmi
+
+    from pipeline.importer import import_predictions
+    from storage.entry import fetch_entry
+    from tests.test_end_to_end import DATA
+
+    uri = f"s3://{_bucket('atlas-import')}/a"
+    cif = DATA / "afdb" / "AF-P00221-F1-model_v4.cif"
+    import_predictions([cif, DATA / "afdb" / "AF-P00221-F1-predicted_aligned_error_v4.json"], uri)
+    assert not open_store(uri).list("_staging")
+    text = fetch_entry(uri, "P00221").mmcif()
+    ours = gemmi.read_structure(str(_write(tmp_path / "o.cif", text)))
+    theirs = gemmi.read_structure(str(cif))
+    a = [(at.name, at.pos.x, at.pos.y, at.pos.z) for r in ours[0][0] for at in r]
+    b = [(at.name, at.pos.x, at.pos.y, at.pos.z) for r in theirs[0][0] for at in r]
+    assert len(a) == len(b) > 1000
+    assert all(x[0] == y[0] and max(abs(x[i] - y[i]) for i in (1, 2, 3)) < 5e-4 for x, y in zip(a, b, strict=True))
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
