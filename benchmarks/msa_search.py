@@ -92,6 +92,7 @@ class Settings:
     unit_max_residues: int
     repeats: int
     jackhmmer_all: bool
+    units_per_search: int = 1
 
 
 SMOKE = dict(n_db=2000, n_queries=5, n_jackhmmer=2, repeats=1, index=True, unit_max_residues=600)
@@ -303,28 +304,33 @@ def _hits_a3m(text: str) -> set[str]:
 
 def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> dict[str, Any]:
     from pipeline.config import PlanConfig
-    from pipeline.msa_stage import MSASpec, search_unit
+    from pipeline.msa_stage import MSASpec, search_units
     from pipeline.plan import cut_units
 
     spec = MSASpec(db_dir=str(db.path), db_id=db.db_id, db_name=db.name, tool=db.tool,
                    tool_version=db.tool_version, params=params, params_key=params.params_key(), retries=0)
-    units = cut_units({r.sha256: [r] for r in records}, "bench",
-                      PlanConfig(unit_max_residues=settings.unit_max_residues))
+    plan_units = cut_units({r.sha256: [r] for r in records}, "bench",
+                           PlanConfig(unit_max_residues=settings.unit_max_residues))
+    k = max(1, settings.units_per_search)  # plan units per search call, as the MSA actor batches them
+    units = [plan_units[i:i + k] for i in range(0, len(plan_units), k)]
     per_unit: list[dict[str, Any]] = []
     a3m: dict[str, str] = {}
     stats: dict[str, Any] = {}
     steps: dict[str, float] = {}
     commands: list[str] = []
     with clock() as total, instrument() as events:
-        for i, unit in enumerate(units):
-            seqs = {r.sha256: r.sequence for r in unit.records}
+        for i, group in enumerate(units):
+            jobs = [({r.sha256: r.sequence for r in u.records}, {}) for u in group]
+            seqs = {sha: seq for job, _ in jobs for sha, seq in job.items()}
+            residues = sum(u.residues for u in group)
             n_before = len(events)
             with clock() as c:
-                res = search_unit(seqs, {}, spec)
-            if res.failed:
-                raise RuntimeError(f"unit {i}: MSA search failed: {next(iter(res.failed.values()))}")
-            a3m.update(res.a3m)
-            stats.update(res.stats)
+                results = search_units(jobs, spec)
+            for res in results:
+                if res.failed:
+                    raise RuntimeError(f"search {i}: MSA search failed: {next(iter(res.failed.values()))}")
+                a3m.update(res.a3m)
+                stats.update(res.stats)
             ev = events[n_before:]
             tools_s = sum(s for name, s, _ in ev if name.startswith("mmseqs"))
             search_s = sum(s for name, s, _ in ev if name == "pipeline.msa.search")
@@ -332,11 +338,12 @@ def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> d
                 steps[name] = steps.get(name, 0.0) + s
                 if i == 0 and cmd:
                     commands.append(cmd)
-            per_unit.append({"unit": i, "queries": len(seqs), "residues": unit.residues, **c.to_dict(),
+            per_unit.append({"unit": i, "plan_units": len(group), "queries": len(seqs), "residues": residues,
+                             **c.to_dict(),
                              "mmseqs_s": round(tools_s, 3),
                              "search_python_s": round(search_s - tools_s, 3),
                              "depth_neff_s": round(c.wall - search_s, 3)})
-            _log("(a) unit %d/%d: %d queries, %d residues, %.1f s", i + 1, len(units), len(seqs), unit.residues,
+            _log("(a) search %d/%d: %d queries, %d residues, %.1f s", i + 1, len(units), len(seqs), residues,
                  c.wall)
     unit_sum = sum(u["wall_s"] for u in per_unit)
     steps["stage python (A3M read-back in search)"] = sum(u["search_python_s"] for u in per_unit)
@@ -719,6 +726,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     ap.add_argument("--index", action=argparse.BooleanOptionalAction, default=None,
                     help="build the MMseqs2 precomputed index (createindex; default: yes)")
     ap.add_argument("--unit-max-residues", type=int, default=None, help="plan's unit size (default 8000)")
+    ap.add_argument("--units-per-search", type=int, default=1,
+                    help="plan units per search call in (a), as msa.units_per_search (default 1)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="runs of (a); (b) runs once more, alternating b a b a b (default 2)")
     ap.add_argument("--jackhmmer-all", action=argparse.BooleanOptionalAction, default=True,
@@ -739,7 +748,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
         sensitivity=a.sensitivity, iterations=a.iterations, evalue=a.evalue, max_seqs=a.max_seqs,
         threads=a.threads, index=pick(a.index, "index", True),
         unit_max_residues=pick(a.unit_max_residues, "unit_max_residues", 8000),
-        repeats=pick(a.repeats, "repeats", 2), jackhmmer_all=a.jackhmmer_all,
+        repeats=pick(a.repeats, "repeats", 2), jackhmmer_all=a.jackhmmer_all, units_per_search=a.units_per_search,
     )
     return settings, a.out
 

@@ -61,6 +61,9 @@ class MSAConfig(_Strict):
     actors: int = Field(1, ge=1)
     cpus: float = Field(0.5, gt=0, description="CPUs reserved per MSA actor")
     retries: int = Field(1, ge=0, description="Retries of a crashed search before failure rows")
+    units_per_search: int = Field(
+        1, ge=1, description="Work units searched together in one tool call: larger searches amortise "
+                             "MMseqs2's start-up and index loading (ColabFold searches everything at once)")
 
 
 class RayConfig(_Strict):

@@ -120,6 +120,34 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
     return result
 
 
+def split_result(result: MSAUnitResult, shas: set[str]) -> MSAUnitResult:
+    """The part of a joint search's result that concerns one unit's sequences."""
+    return MSAUnitResult(
+        a3m={k: v for k, v in result.a3m.items() if k in shas},
+        stats={k: v for k, v in result.stats.items() if k in shas},
+        failed={k: v for k, v in result.failed.items() if k in shas},
+        seconds={k: v for k, v in result.seconds.items() if k in shas},
+        searched=sum(1 for k in shas if k in result.a3m or k in result.failed) if result.searched else 0,
+        attempts=result.attempts)
+
+
+def search_units(units: list[tuple[dict[str, str], dict[str, MSAStat]]], spec: MSASpec) -> list[MSAUnitResult]:
+    """Several units' (sequences, cached stats) in ONE search call; one result per unit, same order.
+
+    A sequence shared by two units is searched once. The split results equal what per-unit calls
+    return (the tool sees each query independently), with search time attributed by length.
+    """
+    if len(units) == 1:
+        return [search_unit(units[0][0], units[0][1], spec)]
+    sequences: dict[str, str] = {}
+    cached: dict[str, MSAStat] = {}
+    for seqs, known in units:
+        sequences.update(seqs)
+        cached.update(known)
+    joint = search_unit(sequences, cached, spec)
+    return [split_result(joint, set(seqs)) for seqs, _ in units]
+
+
 def params_json(spec: MSASpec) -> str:
     params = spec.params
     data = asdict(params) if hasattr(params, "__dataclass_fields__") else dict(vars(params))

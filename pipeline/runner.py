@@ -201,7 +201,7 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
         if ctx.msa is not None:
             from pipeline.stages import MSAActor
 
-            ds = ds.map_batches(MSAActor, batch_size=1, batch_format="numpy",
+            ds = ds.map_batches(MSAActor, batch_size=cfg.msa.units_per_search, batch_format="numpy",
                                 fn_constructor_kwargs={"spec": ctx.msa, "tracker": tracker},
                                 compute=ActorPoolStrategy(size=cfg.msa.actors, max_tasks_in_flight_per_actor=in_flight),
                                 num_cpus=cfg.msa.cpus, resources=cfg.ray.cpu_stage_resources or None, **retry)

@@ -39,17 +39,21 @@ class MSAActor:
         self.tracker = tracker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.msa_stage import search_unit
+        from pipeline.msa_stage import search_units
         from pipeline.progress import report_stage
 
-        results = []
-        for payload in batch["payload"]:
-            t0 = time.perf_counter()
-            unit = pickle.loads(payload)
+        t0 = time.perf_counter()
+        units = [pickle.loads(payload) for payload in batch["payload"]]
+        jobs = []
+        for unit in units:
             shas = {r.sequence: r.sha256 for r in unit.records}
-            result = search_unit({shas[s]: s for s in unit.sequences}, dict(unit.msa_cached), self.spec)
-            results.append(pickle.dumps(result, protocol=5))
-            report_stage(self.tracker, "msa", len(unit.sequences), unit.residues, time.perf_counter() - t0)
+            jobs.append(({shas[s]: s for s in unit.sequences}, dict(unit.msa_cached)))
+        found = search_units(jobs, self.spec)  # the batch's units in one search call (msa.units_per_search)
+        results = [pickle.dumps(result, protocol=5) for result in found]
+        residues = sum(u.residues for u in units) or 1
+        for unit in units:
+            report_stage(self.tracker, "msa", len(unit.sequences), unit.residues,
+                         (time.perf_counter() - t0) * unit.residues / residues)
         return {"unit_id": batch["unit_id"], "payload": batch["payload"], "msa": np.array(results, dtype=object)}
 
 

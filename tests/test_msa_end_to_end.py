@@ -147,3 +147,23 @@ def test_crashed_search_is_retried_then_recorded(tmp_path, mmseqs_db, tiny_backe
     failures = duckdb.sql(f"SELECT reason, attempts, message FROM read_parquet('{m.staged['failures']}')").fetchall()
     assert {r for r, _, _ in failures} == {"msa_error"} and {a for _, a, _ in failures} == {2}
     assert all("mmseqs" in msg.lower() or "msa-db" in msg for _, _, msg in failures), failures
+
+
+def test_several_units_share_one_search_call(tmp_path, ray_session):
+    """msa.units_per_search = 2: the MSA actor searches two units at once; every entry still gets
+    its own MSA, and the per-unit results equal separate searches (tests/pipeline/test_msa.py)."""
+    db = tmp_path / "hmmerdb"
+    build_msa_db([str(UNIREF)], str(db), tool="hmmer")
+    small = tmp_path / "q.fasta"
+    small.write_text(">" + ">".join(QUERIES.read_text().split(">")[1:5]))  # four records
+    cfg_path = config(tmp_path, "hmmer", db)
+    cfg_path.write_text(cfg_path.read_text().replace("[msa]", "[plan]\nunit_max_residues = 150\n[msa]\n"
+                                                     "units_per_search = 2"))
+    cfg = load_config(cfg_path)
+    assert cfg.msa.units_per_search == 2
+    summary = run([small], tmp_path / "atlas", cfg, progress=False)
+    assert summary.units_planned >= 3 and summary.units_published == summary.units_planned
+    assert summary.msa_searched == summary.predicted == 4
+    assert summary.stages["msa"]["sequences"] == 4
+    rows = entries(tmp_path / "atlas")
+    assert len(rows) == 4 and all(e["msa_depth"] >= 2 and e["msa_key"] for e in rows)

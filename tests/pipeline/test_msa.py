@@ -346,3 +346,20 @@ def test_params_defaults_and_key():
 def test_errors_are_foldatlas_errors():
     assert issubclass(QueryTooLong, MSAError) and issubclass(MSAError, FoldAtlasError)
     assert issubclass(ToolNotFound, FoldAtlasError)
+
+
+def test_units_searched_together_equal_separate_searches(hmmer_db):
+    """search_units: one call for several units; split results equal per-unit calls."""
+    from pipeline.config import MSAConfig
+    from pipeline.ingest import sequence_hashes
+    from pipeline.msa_stage import make_spec, search_unit, search_units
+
+    spec = make_spec(MSAConfig(tool="hmmer", db=str(hmmer_db.path), iterations=1))
+    recs = [(sequence_hashes(seq)[0], seq) for _, seq in read_fasta(QUERIES)[:3]]
+    units = [(dict(recs[:2]), {}), (dict(recs[1:]), {})]  # the middle sequence is in both units
+    joint = search_units(units, spec)
+    alone = [search_unit(seqs, cached, spec) for seqs, cached in units]
+    assert [set(r.a3m) for r in joint] == [set(r.a3m) for r in alone] == [set(u[0]) for u in units]
+    for j, a in zip(joint, alone, strict=True):
+        assert j.a3m == a.a3m and j.stats == a.stats and not j.failed
+        assert j.searched == len(a.a3m)
