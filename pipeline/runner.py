@@ -277,7 +277,8 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         result = ingest_many([str(p) for p in inputs], cfg.ingest)
         summary.read, summary.rejected = result.n_read, len(result.rejected)
         summary.accepted = len({(r.source, r.record_index) for r in result.accepted})  # fragments: one record
-        summary.fragments = sum(1 for r in result.accepted if r.notes and r.notes[-1].startswith("fragment F"))
+        per_record = Counter((r.source, r.record_index) for r in result.accepted)
+        summary.fragments = sum(n for n in per_record.values() if n > 1)
         summary.rejected_by_reason = result.reject_counts()
         plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
                          reuse_models=cfg.plan.reuse_models)

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -124,64 +125,71 @@ class Entry:
     size: int
 
 
-class Store:
+class Store(ABC):
     """A root location for files: local directory or S3 prefix. Create with :func:`open_store`."""
 
     uri: str
 
     # ---- to implement -----------------------------------------------------------------
     @property
-    def is_local(self) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def is_local(self) -> bool: ...
 
+    @abstractmethod
     def url(self, rel: str = "") -> str:
         """Absolute location of ``rel``: a filesystem path or an ``s3://`` URI."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exists(self, rel: str) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def size(self, rel: str) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read_bytes(self, rel: str) -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read_range(self, rel: str, offset: int, length: int) -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a whole file atomically (readers see the old file, or none, or the new one)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def put_file(self, local: str | Path, rel: str) -> None:
         """Copy a local file into the store atomically (large files: multipart upload on S3)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def get_file(self, rel: str, local: str | Path) -> None:
         """Copy a file out of the store to a local path (written via a temporary file)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def list(self, prefix: str = "", suffix: str = "") -> list[Entry]:
         """Files under ``prefix`` (recursively), sorted by path."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delete(self, rel: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def move(self, src: str, dst: str) -> None:
         """Publish ``src`` as ``dst`` atomically and remove ``src`` (rename; server-side copy on S3)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open_read(self, rel: str) -> BinaryIO:
         """A seekable binary file for streaming reads."""
-        raise NotImplementedError
 
-    def register_duckdb(self, con: Any) -> None:
+    def register_duckdb(self, con: Any) -> None:  # local paths need nothing registered
         """Make :meth:`url` paths readable by ``read_parquet`` on this DuckDB connection."""
+        return None
 
     # ---- shared -----------------------------------------------------------------------
     def read_text(self, rel: str) -> str:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from pipeline.ingest import ingest_many
 from tests.conftest import _free_port
-from tests.test_end_to_end import SAMPLE
+from tests.test_end_to_end import SAMPLE, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -72,21 +71,9 @@ def cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _config(path: Path) -> Path:
-    path.write_text(textwrap.dedent("""
-        [model]
-        name = "esmfold-tiny"
-        [plan]
-        unit_max_residues = 600
-        [ray]
-        fold_actors = 2
-        fold_cpus = 0.5
-        write_cpus = 0.5
-        fold_resources = {fold_slot = 0.5}
-        cpu_stage_resources = {cpu_stage = 1}
-        torch_threads = 1
-    """))
-    return path
+def _config(tmp: Path) -> Path:
+    return tiny_config(tmp, 600, ray={"fold_actors": 2, "fold_cpus": 0.5, "fold_resources": {"fold_slot": 0.5},
+                                      "cpu_stage_resources": {"cpu_stage": 1}, "torch_threads": 1})
 
 
 def _entries(atlas: Path) -> list[tuple[str, str]]:
@@ -102,7 +89,7 @@ def _fasta(tmp: Path, name: str, start: int, stop: int) -> Path:
 
 def test_run_across_nodes_then_survive_a_worker_node_killed(cluster, tmp_path):
     address, env, manager_ports, _ = cluster
-    cfg = _config(tmp_path / "run.toml")
+    cfg = _config(tmp_path)
     atlas = tmp_path / "atlas"
 
     # 1. a run across the three nodes completes

@@ -34,17 +34,24 @@ DICTIONARY = DATA / "dictionaries" / "mmcif_ma_v1.4.2.dic.gz"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_config(tmp_path: Path, unit_max_residues: int = 1500) -> Path:
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return f'"{v}"' if isinstance(v, str | Path) else str(v)
+
+
+def tiny_config(tmp_path: Path, unit_max_residues: int = 1500, **sections: dict[str, object]) -> Path:
+    """``tmp_path/run.toml``: the tiny model on 2 cores; ``sections`` add or override keys per section."""
+    merged: dict[str, dict[str, object]] = {"model": {"name": "esmfold-tiny"},
+                                            "plan": {"unit_max_residues": unit_max_residues},
+                                            "ray": {"fold_cpus": 1.0, "write_cpus": 0.5}}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
     path = tmp_path / "run.toml"
-    path.write_text(textwrap.dedent(f"""
-        [model]
-        name = "esmfold-tiny"
-        [plan]
-        unit_max_residues = {unit_max_residues}
-        [ray]
-        fold_cpus = 1.0
-        write_cpus = 0.5
-    """))
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
+                            for name, values in merged.items()))
     return path
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -19,7 +18,7 @@ import pytest
 
 from pipeline.ingest import ingest_many
 from pipeline.stages import CRASH_ENV
-from tests.test_end_to_end import SAMPLE
+from tests.test_end_to_end import SAMPLE, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,7 @@ def test_poisoned_sequence_becomes_a_failure_row_and_the_rest_is_predicted(tmp_p
     accepted = ingest_many([str(fasta)]).accepted
     assert len(accepted) >= 4
     poison = accepted[1]
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(textwrap.dedent("""
-        [model]
-        name = "esmfold-tiny"
-        [plan]
-        unit_max_residues = 100000
-        [ray]
-        fold_cpus = 1.0
-        write_cpus = 0.5
-        max_task_retries = 1
-    """))
+    cfg = tiny_config(tmp_path, 100000, ray={"max_task_retries": 1})
     atlas = tmp_path / "atlas"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", CRASH_ENV: poison.sha256}
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(fasta), "--atlas", str(atlas),

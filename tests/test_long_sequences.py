@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -16,7 +15,7 @@ from pipeline.plan import WorkUnit, unit_id_for
 from pipeline.runner import route_long, run
 from storage.entry import fetch_entry
 from storage.mmcif import validate_modelcif
-from tests.test_end_to_end import DICTIONARY, SAMPLE
+from tests.test_end_to_end import DICTIONARY, SAMPLE, tiny_config
 
 
 def test_fragment_windows_cover_the_sequence_like_afdb():
@@ -67,23 +66,10 @@ def test_route_long_cuts_a_straddling_unit_deterministically():
 def test_run_with_fragments_and_a_long_pool(tmp_path: Path, ray_session):
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(">" + r for r in SAMPLE.read_text().split(">")[1:6]))  # 255, 243, 214, 333, 162 aa
-    cfg_path = tmp_path / "run.toml"
-    cfg_path.write_text(textwrap.dedent("""
-        [model]
-        name = "esmfold-tiny"
-        [ingest]
-        max_length = 10000
-        fragment_above = 300
-        fragment_window = 200
-        fragment_step = 100
-        [long_sequences]
-        chunked_above = 230
-        chunk_size = 16
-        max_tokens_per_batch = 600
-        [ray]
-        fold_cpus = 1.0
-        write_cpus = 0.5
-    """))
+    cfg_path = tiny_config(
+        tmp_path, 8000,
+        ingest={"max_length": 10000, "fragment_above": 300, "fragment_window": 200, "fragment_step": 100},
+        long_sequences={"chunked_above": 230, "chunk_size": 16, "max_tokens_per_batch": 600})
     cfg = load_config(cfg_path)
     atlas = tmp_path / "atlas"
     summary = run([fasta], atlas, cfg, progress=False)

@@ -10,10 +10,11 @@ on 2 cores.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.test_end_to_end import tiny_config
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SAMPLE = DATA / "uniprot" / "sample.fasta"
@@ -39,20 +40,7 @@ def release_atlas(tmp_path_factory, ray_session) -> Path:
 
     tmp = tmp_path_factory.mktemp("release_atlas")
     build_msa_db([str(UNIREF)], str(tmp / "uniref90"), tool="hmmer")
-    cfg = tmp / "run.toml"
-    cfg.write_text(textwrap.dedent("""
-        [model]
-        name = "esmfold-tiny"
-        [plan]
-        unit_max_residues = 400
-        [msa]
-        tool = "hmmer"
-        db = "{db}"
-        iterations = 1
-        [ray]
-        fold_cpus = 1.0
-        write_cpus = 0.5
-    """).format(db=tmp / "uniref90"))
+    cfg = tiny_config(tmp, 400, msa={"tool": "hmmer", "db": tmp / "uniref90", "iterations": 1})
     atlas = tmp / "atlas"
     run([_input_fasta(tmp / "input.fasta")], atlas, load_config(cfg), progress=False)
     return atlas
