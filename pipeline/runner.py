@@ -146,8 +146,17 @@ def _ray_init(cfg: RunConfig) -> bool:
                               "log_to_driver": True, "configure_logging": True}
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
-    else:
-        ray.init(**kwargs)
+        return True
+    for attempt in range(1, 4):
+        try:
+            ray.init(**kwargs)
+            return True
+        except Exception as e:  # Ray gives its raylet a fixed 30 s to register; a loaded host can miss it
+            if "timed out during startup" not in str(e) or attempt == 3:
+                raise
+            log.warning("local Ray did not start in time (attempt %d of 3, host load %.1f); starting it again",
+                        attempt, os.getloadavg()[0])
+            ray.shutdown()
     return True
 
 
