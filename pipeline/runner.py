@@ -262,14 +262,15 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *, progress: bool = True,
-        echo: Any = None) -> RunSummary:
-    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``)."""
+        echo: Any = None, input_names: Sequence[str] | None = None) -> RunSummary:
+    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``).
+    ``input_names``: the inputs as the summary names them (a remote run's shipped copies: their origin)."""
     t0 = time.perf_counter()
     _check_model_inputs(cfg)
     atlas = Atlas(atlas_root)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, atlas=atlas.uri, model=cfg.model.name,
-                         inputs=[str(p) for p in inputs], model_trained=cfg.model.name != "esmfold-tiny")
+                         inputs=list(input_names or [str(p) for p in inputs]), model_trained=cfg.model.name != "esmfold-tiny")
     msa_spec: MSASpec | None = make_spec(cfg.msa) if cfg.msa.tool != "none" else None
     with atlas.locked():
         atlas.init()
