@@ -66,7 +66,7 @@ def run(
     """Predict every new sequence of INPUTS into the atlas; resumable, idempotent."""
     _setup_logging(verbose)
     from pipeline.config import load_config
-    from pipeline.remote import is_client_address
+    from pipeline.remote import client_address
     from pipeline.runner import run as run_pipeline
 
     overrides: dict[str, Any] = {
@@ -77,7 +77,7 @@ def run(
     }
     try:
         cfg = load_config(config, overrides)
-        if is_client_address(cfg.ray.address):  # the driver runs on the cluster (docs/operations.md)
+        if client_address(cfg.ray.address):  # the driver runs on the cluster (docs/operations.md)
             from pipeline.remote import run_remote
 
             try:

@@ -45,6 +45,13 @@ def is_client_address(address: str | None) -> bool:
     return bool(address) and str(address).startswith("ray://")
 
 
+def client_address(configured: str | None) -> str | None:
+    """The ``ray://`` address this run connects to: ``ray.address`` (``--address``), or else
+    ``RAY_ADDRESS`` (which ``ray.init()`` would follow into Ray Client, where Ray Data fails)."""
+    address = configured if configured is not None else os.environ.get("RAY_ADDRESS")
+    return address if is_client_address(address) else None
+
+
 @dataclass(frozen=True)
 class InputFile:
     """An input as this machine sees it."""
@@ -148,7 +155,7 @@ def run_remote(inputs: Sequence[str | Path], atlas: str, cfg: Any, *, echo: Any 
     atlas = check_atlas_uri(atlas)
     local = [describe_input(p) for p in inputs]
     env = aws_env()
-    ray.init(address=cfg.ray.address, log_to_driver=True, logging_level=logging.WARNING,
+    ray.init(address=client_address(cfg.ray.address), log_to_driver=True, logging_level=logging.WARNING,
              runtime_env={"env_vars": env} if env else None)
     driver: Any = None
     probe: Path | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import AtlasError, InputError
-from pipeline.remote import InputFile, check_atlas_uri, describe_input, route_inputs
+from pipeline.remote import InputFile, check_atlas_uri, client_address, describe_input, route_inputs
 
 MIB = 2**20
 
@@ -44,3 +44,14 @@ def test_atlas_uri_for_the_cluster(tmp_path, monkeypatch):
     f.write_text(">a\nMK\n")
     seen = describe_input("in.fasta")
     assert seen.path == str(f) and seen.size == 6 and seen.mtime_ns == f.stat().st_mtime_ns
+
+
+def test_client_address_from_the_flag_or_ray_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert client_address("ray://head:10001") == "ray://head:10001"
+    assert client_address(None) is None and client_address("head:6379") is None
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # ray.init() would follow it into Ray Client
+    assert client_address(None) == "ray://head:10001"
+    assert client_address("auto") is None  # an explicit address wins
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside `ray job submit`: a normal driver
+    assert client_address(None) is None
