@@ -196,6 +196,8 @@ class AcceptedRecord:
     notes: tuple[str, ...] = ()
     fragment: int = 1  # 1 for a whole sequence; k for fragment Fk of a long one
     start: int = 1  # first residue of ``sequence`` in the input sequence (1-based)
+    whole_sha256: str | None = None  # for a fragment: SHA-256 of the whole input sequence
+    oom_split: bool = False  # a fragment made because the whole sequence ran out of memory (oom_route)
 
     def afdb_metadata(self) -> dict[str, Any]:
         """The AlphaFold DB ``metadata`` columns that the input alone determines."""
@@ -625,7 +627,7 @@ def fragment_record(rec: AcceptedRecord, policy: IngestPolicy) -> list[AcceptedR
         seq = rec.sequence[s:e]
         sha256, crc, md5 = sequence_hashes(seq)
         out.append(replace(rec, sequence=seq, length=len(seq), sha256=sha256, crc64=crc, md5=md5, fragment=k,
-                           start=s + 1, notes=(*rec.notes, f"fragment F{k} of {len(windows)}: residues {s + 1}-{e} "
+                           start=s + 1, whole_sha256=rec.sha256, notes=(*rec.notes, f"fragment F{k} of {len(windows)}: residues {s + 1}-{e} "
                                                              f"of {rec.length}")))
     return out
 

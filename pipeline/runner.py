@@ -20,14 +20,16 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
-from pipeline.ingest import ingest_many
+from pipeline.ingest import AcceptedRecord, ingest_many
 from pipeline.msa_stage import MSASpec, make_spec
+from pipeline.oom_route import OOMLedger, PoolRoute, resume_fragmented
 from pipeline.plan import Plan, WorkUnit, make_plan, reject_key, unit_id_for
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
@@ -161,13 +163,14 @@ def _ray_init(cfg: RunConfig) -> bool:
 
 
 def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, tracker: Any = None,
-                  isolate: bool = False) -> Any:
+                  isolate: bool = False, route: PoolRoute | None = None) -> Any:
     """The Ray Data job; yields one manifest dict per finished unit.
 
     A unit whose worker process dies is retried on a restarted actor up to ``ray.max_task_retries``
     times; after that Ray Data drops its block (``max_errored_blocks = -1``) and the stream goes on,
     so one poisoned input never stalls or aborts the run: the caller sees the unit missing.
     ``isolate`` gives each actor one unit at a time, so a crash takes no queued unit's attempt with it.
+    ``route``: the pools' ``fold_route`` labels and out-of-memory hand-back (pipeline.oom_route).
     """
     import numpy as np
     import ray
@@ -181,7 +184,8 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
     dctx.max_errored_blocks = -1  # a unit that exhausted its retries is dropped; the driver accounts for it
     retry: dict[str, Any] = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
-    env = aws_env()  # S3 endpoint and credentials for workers that did not inherit them
+    # S3 endpoint and credentials for workers that did not inherit them; fault-injection drills
+    env = {**aws_env(), **{k: v for k, v in os.environ.items() if k.startswith("FOLDATLAS_FAULT_")}}
     if env:
         retry["runtime_env"] = {"env_vars": env}
     in_flight = 1 if isolate else None
@@ -192,19 +196,22 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     # fold actor divides the cores of the node it lands on by fold_actors when this is None)
     threads = cfg.ray.torch_threads
     long_cfg = cfg.long_sequences
-    pools = []  # (units, fold settings, model settings, actors, memory reserved per actor)
-    for part, is_long in zip(route_long(units, long_cfg.chunked_above), (False, True), strict=True):
+    route = route or PoolRoute()
+    above = 0 if route.all_long else long_cfg.chunked_above
+    pools = []  # (units, fold settings, model settings, actors, memory reserved per actor, route, defer OOM)
+    for part, is_long in zip(route_long(units, above), (False, True), strict=True):
         if not part:
             continue
         if is_long:
             memory = int(long_cfg.memory_gb * 2**30) if long_cfg.memory_gb else None
             pools.append((part, FoldSettings(long_cfg.max_tokens_per_batch, cfg.plan.max_batch_size),
-                          _model_settings(cfg, long_cfg.chunk_size), long_cfg.actors, memory))
+                          _model_settings(cfg, long_cfg.chunk_size), long_cfg.actors, memory, route.long,
+                          route.defer_long))
         else:
             pools.append((part, FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
-                          _model_settings(cfg), cfg.ray.fold_actors, None))
+                          _model_settings(cfg), cfg.ray.fold_actors, None, route.normal, route.defer_normal))
     folded = []
-    for part, fold_settings, model_settings, actors, memory in pools:
+    for part, fold_settings, model_settings, actors, memory, label, defer in pools:
         items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in part]
         ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         if ctx.msa is not None:
@@ -218,7 +225,7 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
             FoldActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"model_settings": model_settings, "fold_settings": fold_settings,
                                    "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker,
-                                   "actors_per_node": cfg.ray.fold_actors},
+                                   "actors_per_node": cfg.ray.fold_actors, "route": label, "defer_oom": defer},
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight),
             num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, memory=memory, resources=cfg.ray.fold_resources or None,
             **retry,
@@ -264,14 +271,15 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *, progress: bool = True,
-        echo: Any = None) -> RunSummary:
-    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``)."""
+        echo: Any = None, input_names: Sequence[str] | None = None) -> RunSummary:
+    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``).
+    ``input_names``: the inputs as the summary names them (a remote run's shipped copies: their origin)."""
     t0 = time.perf_counter()
     _check_model_inputs(cfg)
     atlas = Atlas(atlas_root)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, atlas=atlas.uri, model=cfg.model.name,
-                         inputs=[str(p) for p in inputs], model_trained=cfg.model.name != "esmfold-tiny")
+                         inputs=list(input_names or [str(p) for p in inputs]), model_trained=cfg.model.name != "esmfold-tiny")
     msa_spec: MSASpec | None = make_spec(cfg.msa) if cfg.msa.tool != "none" else None
     with atlas.locked():
         atlas.init()
@@ -289,7 +297,9 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         per_record = Counter((r.source, r.record_index) for r in result.accepted)
         summary.fragments = sum(n for n in per_record.values() if n > 1)
         summary.rejected_by_reason = result.reject_counts()
-        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
+        # records an earlier run split into fragments after running out of memory: their fragments
+        accepted = resume_fragmented(result.accepted, atlas, cfg.model.name, cfg.ingest)
+        plan = make_plan(accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
                          reuse_models=cfg.plan.reuse_models)
         summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
         summary.units_planned, summary.sequences_planned = len(plan.units), plan.sequences_to_predict
@@ -307,12 +317,7 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
             write_shard("rejects", _rejects_table(plan, run_id), staging / name, provenance)
             atlas.publish_file(staging / name, "rejects", name)
         if plan.link_records:
-            structures = _structure_rows(atlas, cfg.model.name, {r.sha256 for r in plan.link_records})
-            table = entry_rows_for_links(plan.link_records, structures, cfg.model.name, ctx, plan.msa_known)
-            name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
-            write_shard("entries", table, staging / name, provenance)
-            atlas.publish_file(staging / name, "entries", name)
-            summary.linked = summary.entries_written = len(plan.link_records)
+            _publish_links(plan, cfg.model.name, ctx, atlas, summary)
         if plan.reused:
             _publish_reused(plan, ctx, atlas, summary)
         if plan.units:
@@ -325,6 +330,17 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     if echo:
         echo(render_text(summary))
     return summary
+
+
+def _publish_links(plan: Plan, model: str, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
+    """Entries for records whose sequence this model already predicted (another accession or run)."""
+    structures = _structure_rows(atlas, model, {r.sha256 for r in plan.link_records})
+    table = entry_rows_for_links(plan.link_records, structures, model, ctx, plan.msa_known)
+    name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
+    write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
+    atlas.publish_file(Path(ctx.staging) / name, "entries", name)
+    summary.linked += len(plan.link_records)
+    summary.entries_written += len(plan.link_records)
 
 
 def _publish_reused(plan: Plan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
@@ -353,7 +369,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     t_fold = time.perf_counter()
     normal, long = route_long(plan.units, cfg.long_sequences.chunked_above)
     summary.units_planned, summary.units_long = len(normal) + len(long), len(long)
-    by_id = {u.unit_id: u for u in (*normal, *long)}
+    by_id = {u.unit_id: u for u in (*normal, *long)}  # every record of the plan, by unit
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -389,24 +405,19 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            pending: list[WorkUnit] = [*normal, *long]
-            for attempt in (1, 2):
-                done: set[str] = set()
-                for manifest in _stream_units(pending, cfg, ctx, tracker, isolate=attempt > 1):
-                    _publish(atlas, ctx, manifest, by_id[manifest["unit_id"]], tracker, summary, tiers, failed)
-                    done.add(manifest["unit_id"])
-                lost = [u for u in pending if u.unit_id not in done]
-                if not lost:
-                    break
-                log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
-                            cfg.ray.max_task_retries + 1, attempt, ", ".join(u.unit_id for u in lost[:5]))
-                # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
-                pending = [single for u in lost for single in split_unit(u)] if attempt == 1 else lost
-                by_id.update({u.unit_id: u for u in pending})
-            else:
-                for unit in pending:  # crashed alone on every attempt: failure rows, never a silent skip
-                    manifest = _crash_failures(unit, cfg, ctx, atlas)
-                    _publish(atlas, ctx, manifest, unit, tracker, summary, tiers, failed)
+            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed)
+            # out of memory in the normal pool goes on to the chunked pool or fragments when configured
+            fragments_on = cfg.ingest.fragment_above is not None
+            first = PoolRoute(defer_normal=cfg.long_sequences.chunked_above is not None or fragments_on,
+                              defer_long=fragments_on)
+            deferred = _fold_pass([*normal, *long], first, sink)
+            if deferred:
+                records: dict[str, list[AcceptedRecord]] = {}
+                for r in (r for u in by_id.values() for r in u.records if r.sha256 in deferred):
+                    records.setdefault(r.sha256, []).append(r)
+                ledger = OOMLedger()
+                ledger.add(deferred, records)
+                _reroute_oom(ledger, sink, ctx.msa)
             stop.set()
             poller.join(timeout=60)
             if sample(60) is None:
@@ -428,7 +439,8 @@ def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: Wo
     """Publish one unit's staged shards and add its counts to the summary."""
     t_pub = time.perf_counter()
     atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
-    tracker.record.remote("publish", len(unit.sequences), unit.residues, time.perf_counter() - t_pub)
+    deferred = manifest.get("deferred") or {}  # handed back after running out of memory: published later
+    tracker.record.remote("publish", len(unit.sequences) - len(deferred), unit.residues, time.perf_counter() - t_pub)
     c = manifest["counts"]
     summary.units_published += 1
     summary.predicted += c["structures"]
@@ -449,6 +461,104 @@ def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: Wo
         failed[r] += n
 
 
+@dataclass
+class _PassSink:
+    """Where a fold pass publishes: the run's config, context, atlas, progress tracker and tallies."""
+
+    cfg: RunConfig
+    ctx: WriteContext
+    atlas: Atlas
+    tracker: Any
+    summary: RunSummary
+    tiers: Counter[str]
+    failed: Counter[str]
+
+    def publish(self, manifest: dict[str, Any], unit: WorkUnit) -> None:
+        _publish(self.atlas, self.ctx, manifest, unit, self.tracker, self.summary, self.tiers, self.failed)
+
+
+def _fold_pass(units: Sequence[WorkUnit], route: PoolRoute, sink: _PassSink) -> dict[str, tuple[str, str]]:
+    """Stream ``units`` through the fold pools and publish each as it finishes.
+
+    A unit whose worker dies on every retry is tried again with each sequence alone, then written as
+    ``worker_crashed`` failure rows. Returns the sequences the pools handed back after running out of
+    memory (``route.defer_*``): sha256 -> (fold_route label of their pool, error message).
+    """
+    cfg = sink.cfg
+    above = 0 if route.all_long else cfg.long_sequences.chunked_above
+    normal, long = route_long(units, above)
+
+    def label(unit: WorkUnit) -> str:  # a unit's pool, as route_long cuts them
+        return route.long if above is not None and len(unit.sequences[0]) > above else route.normal
+
+    pending: list[WorkUnit] = [*normal, *long]
+    by_id = {u.unit_id: u for u in pending}
+    deferred: dict[str, tuple[str, str]] = {}
+    for attempt in (1, 2):
+        done: set[str] = set()
+        for manifest in _stream_units(pending, cfg, sink.ctx, sink.tracker, isolate=attempt > 1, route=route):
+            unit = by_id[manifest["unit_id"]]
+            sink.publish(manifest, unit)
+            deferred.update({sha: (label(unit), msg) for sha, msg in manifest["deferred"].items()})
+            done.add(manifest["unit_id"])
+        lost = [u for u in pending if u.unit_id not in done]
+        if not lost:
+            break
+        log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
+                    cfg.ray.max_task_retries + 1, attempt, ", ".join(u.unit_id for u in lost[:5]))
+        # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
+        pending = [single for u in lost for single in split_unit(u)] if attempt == 1 else lost
+        by_id.update({u.unit_id: u for u in pending})
+    else:
+        for unit in pending:  # crashed alone on every attempt: failure rows, never a silent skip
+            sink.publish(_crash_failures(unit, cfg, sink.ctx, sink.atlas, label(unit)), unit)
+    return deferred
+
+
+def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -> None:
+    """After the first pass: sequences that ran out of memory go to the chunked long pool, then into
+    fragments, then become ``oom`` failure rows, as far as the configuration allows (pipeline.oom_route)."""
+    from pipeline.oom_route import can_chunk, failure_message, oom_fragments, reroute_units, why_not_fragments
+    from pipeline.plan import cached_msas, make_plan
+
+    cfg, summary = sink.cfg, sink.summary
+    summary.oom_rerouted = len(ledger.pending)
+    fragments_on = cfg.ingest.fragment_above is not None
+    to_chunk = {s: q for s, q in ledger.pending.items() if can_chunk(q, cfg.long_sequences.chunked_above)}
+    if to_chunk:
+        log.warning("%d sequence(s) ran out of memory in the normal pool; folding them in the chunked long pool",
+                    len(to_chunk))
+        known = cached_msas(sink.atlas, msa_spec, to_chunk) if msa_spec is not None else None
+        units = reroute_units(to_chunk, cfg.model.name, cfg.plan, "oom-chunked", known)
+        summary.units_planned += len(units)
+        summary.units_long += len(units)
+        again = _fold_pass(units, PoolRoute(long="oom_chunked", defer_long=fragments_on, all_long=True), sink)
+        ledger.add(again, {})
+        ledger.settle([s for s in to_chunk if s not in again], "chunked")
+    split = {s: q for s, q in ledger.pending.items() if why_not_fragments(q, cfg.ingest) is None}
+    if split:
+        records = [f for q in split.values() for rec in q.records for f in oom_fragments(rec, cfg.ingest)]
+        log.warning("%d sequence(s) ran out of memory whole; folding them as %d fragments", len(split), len(records))
+        ledger.fragments = len(records)
+        fplan = make_plan(records, [], sink.atlas, cfg.model.name, cfg.plan, msa_spec,
+                          reuse_models=cfg.plan.reuse_models)
+        if fplan.link_records:
+            _publish_links(fplan, cfg.model.name, sink.ctx, sink.atlas, summary)
+        if fplan.reused:
+            _publish_reused(fplan, sink.ctx, sink.atlas, summary)
+        summary.units_planned += sum(map(len, route_long(fplan.units, cfg.long_sequences.chunked_above)))
+        _fold_pass(fplan.units, PoolRoute(normal="oom_fragment", long="oom_fragment"), sink)
+        ledger.settle(list(split), "fragments")
+    for label in sorted({q.route for q in ledger.pending.values()}):
+        group = {s: q for s, q in ledger.pending.items() if q.route == label}
+        messages = {q.sequence: failure_message(q, why_not_fragments(q, cfg.ingest) or "") for q in group.values()}
+        for unit in reroute_units(group, cfg.model.name, cfg.plan, "oom-failed"):
+            summary.units_planned += 1
+            sink.publish(_stage_failures(unit, "oom", messages, cfg, sink.ctx, sink.atlas, label), unit)
+        ledger.settle(list(group), "failed")
+    summary.oom_routes, summary.oom_fragments = dict(ledger.routes), ledger.fragments
+
+
 def split_unit(unit: WorkUnit) -> list[WorkUnit]:
     """One work unit per sequence (records and cached MSA stats follow their sequence)."""
     if len(unit.sequences) == 1:
@@ -463,20 +573,27 @@ def split_unit(unit: WorkUnit) -> list[WorkUnit]:
     return out
 
 
-def _crash_failures(unit: WorkUnit, cfg: RunConfig, ctx: WriteContext, atlas: Atlas) -> dict[str, Any]:
+def _crash_failures(unit: WorkUnit, cfg: RunConfig, ctx: WriteContext, atlas: Atlas,
+                    route: str | None = None) -> dict[str, Any]:
     """Stage ``worker_crashed`` failure rows for a unit that killed its worker on every attempt."""
+    attempts = cfg.ray.max_task_retries + 1
+    msg = (f"the worker process died on each of {attempts} attempts in a batch and {attempts} alone "
+           "(segfault, kill or host out-of-memory); see the Ray worker logs")
+    return _stage_failures(unit, "worker_crashed", dict.fromkeys(unit.sequences, msg), cfg, ctx, atlas, route)
+
+
+def _stage_failures(unit: WorkUnit, reason: str, messages: dict[str, str], cfg: RunConfig, ctx: WriteContext,
+                    atlas: Atlas, route: str | None) -> dict[str, Any]:
+    """Failure rows written by the driver (no model call): one per sequence, ``messages`` by sequence."""
     import dataclasses
 
     from model.base import ModelInfo, PredictionFailure
     from pipeline.write import write_unit
 
-    attempts = cfg.ray.max_task_retries + 1
-    msg = (f"the worker process died on each of {attempts} attempts in a batch and {attempts} alone "
-           "(segfault, kill or host out-of-memory); see the Ray worker logs")
     info = ModelInfo(name=cfg.model.name, version="none (no prediction)", weights_sha256="",
                      trained=cfg.model.name != "esmfold-tiny")
-    outcomes: list[Any] = [PredictionFailure(s, "worker_crashed", msg, 1) for s in unit.sequences]
-    manifest = write_unit(unit, outcomes, info, {}, ctx)
+    outcomes: list[Any] = [PredictionFailure(s, reason, messages[s], 1) for s in unit.sequences]
+    manifest = write_unit(unit, outcomes, info, {}, ctx, route=route)
     manifest.staged = atlas.upload_staged(ctx.run_id, manifest.staged)
     return dataclasses.asdict(manifest)
 
