@@ -154,9 +154,13 @@ class Atlas:
     def init(self) -> None:
         """Create the layout (idempotent)."""
         if self.is_local:
+            from storage.layout import init_table
+
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "mmcif").mkdir(exist_ok=True)
             self.runs_dir.mkdir(exist_ok=True)
+            for name in TABLES:
+                init_table(self.root, name)
         for name, schema in TABLES.items():
             marker = f"{name}/schema.parquet"
             if not self.store.exists(marker):

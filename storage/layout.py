@@ -30,8 +30,9 @@ Generations (how compaction stays atomic for readers of a plain glob)::
 
 A compaction builds the next generation directory aside (hard links to the files it keeps, the
 merged files it writes), then switches the table path to it with one atomic rename of a symlink
-(``os.replace``; the first compaction of a table that is still a plain directory swaps directory
-and symlink with ``renameat2(RENAME_EXCHANGE)``). A glob's listing of ``<table>/*.parquet`` is one
+(``os.replace``). ``Atlas.init`` creates every local table as generation ``g000000`` behind its
+symlink (:func:`init_table`); the first compaction of a table that is still a plain directory (an
+atlas made by an older version) swaps directory and symlink with ``renameat2(RENAME_EXCHANGE)``. A glob's listing of ``<table>/*.parquet`` is one
 ``readdir`` of one generation, so it never holds a small shard and the merged file that contains
 its rows. A reader that listed the old generation and opens its files after the switch finds the
 kept ones (same hard-linked bytes) and gets a "file not found" error for merged-away ones: an
@@ -160,14 +161,36 @@ def table_dir(root: Path, table: str) -> Path:
     return Path(os.path.realpath(root / table))
 
 
+def init_table(root: Path, table: str) -> None:
+    """Create a new local table as generation 0: ``<root>/<table>`` -> ``_tables/<table>/g000000``.
+
+    Every table of an atlas made by :meth:`storage.atlas.Atlas.init` is a generation symlink from
+    the start, so even its first compaction is a plain symlink switch that :func:`table_glob`
+    snapshots cover. A table that already exists (a plain directory written by an older version)
+    is left as it is; its first compaction exchanges it atomically (:func:`switch_generation`).
+    """
+    link = root / table
+    if link.is_symlink() or link.exists():
+        return
+    gen = root / GENERATIONS_DIR / table / "g000000"
+    gen.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{table}.next"
+    if tmp.is_symlink() or tmp.exists():
+        _remove_path(tmp)
+    os.symlink(os.path.relpath(gen, root), tmp)
+    os.replace(tmp, link)
+    fsync_dir(root)
+
+
 def table_glob(root: str | Path, table: str) -> str:
     """Glob of the table's current files, symlink resolved once: a stable snapshot for one query.
 
     Use it instead of ``<atlas>/<table>/*.parquet`` in FoldAtlas's own readers; the result stays
     readable for the grace period of :func:`compact` even if a compaction switches generations.
-    Known gap: before a table's first compaction its directory is a plain directory, not a
-    generation; a reader that resolved it during that first switch can fail with "No such file"
-    (never a wrong answer) and must retry. Generation switches after the first are covered.
+    Tables created by ``Atlas.init`` are generations from the start (:func:`init_table`); only a
+    table that is still a plain directory (an atlas made before that) is unprotected during its
+    first compaction: a reader that resolved it then can fail with "No such file" (never a wrong
+    answer) and must retry.
     """
     if str(root).startswith("s3://"):  # no symlinks, no generations on S3: the plain glob
         return f"{str(root).rstrip('/')}/{table}/*.parquet"

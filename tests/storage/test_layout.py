@@ -121,9 +121,7 @@ def test_compaction_never_shows_a_reader_duplicates_or_missing_rows(tmp_path: Pa
     atlas.init()
     u = _universe(2400)
     valid = {_publish_units(atlas, u, range(0, 8))}
-    # the table becomes a generation symlink at its first compaction; a reader that resolved the
-    # plain directory before that switch is not protected (see storage.layout.table_glob)
-    compact(atlas.root, tables=("entries",), target_rows=500, grace_s=3600)
+    # the first compaction is inside the race too: Atlas.init made the table a generation
     plain = f"{atlas.root}/entries/*.parquet"
     stop = threading.Event()
     seen: dict[str, list[tuple[int, int]]] = {"plain": [], "resolved": []}
@@ -161,6 +159,37 @@ def test_compaction_never_shows_a_reader_duplicates_or_missing_rows(tmp_path: Pa
     assert all("No such file" in e or "not found" in e.lower() or "No files" in e for e in errors["plain"])
     assert errors["resolved"] == []
     assert _counts(plain) == (total, total)
+
+
+def test_new_tables_are_generations_and_old_plain_tables_still_compact(tmp_path: Path) -> None:
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    for table in ("entries", "structures", "msas"):
+        link = atlas.root / table
+        assert link.is_symlink() and os.readlink(link) == f"_tables/{table}/g000000"
+        assert (link / "schema.parquet").is_file()
+    atlas.init()  # idempotent: the same generation, nothing re-created
+    assert os.readlink(atlas.root / "entries") == "_tables/entries/g000000"
+    rows = _publish_units(atlas, _universe(300), range(6))
+    assert len(list((atlas.root / "_tables/entries/g000000").glob("u*.parquet"))) == 6
+
+    # an atlas written before tables were generations: plain directories, switched by exchange
+    old = Atlas(tmp_path / "old")
+    old.init()
+    for table in ("entries", "structures"):
+        link = old.root / table
+        gen = old.root / "_tables" / table / "g000000"
+        link.unlink()
+        gen.rename(link)
+        (old.root / "_tables" / table).rmdir()
+    old.init()  # leaves existing plain directories alone
+    assert not (old.root / "entries").is_symlink() and (old.root / "entries").is_dir()
+    assert _publish_units(old, _universe(300), range(6)) == rows
+    (res,) = compact(old.root, tables=("entries",), target_rows=100, grace_s=3600).tables
+    assert res.generation == "g000001" and os.readlink(old.root / "entries") == "_tables/entries/g000001"
+    retired = old.root / "_tables/entries/g000000"
+    assert (retired / RETIRED_MARKER).exists() and len(list(retired.glob("u*.parquet"))) == 6
+    assert _counts(table_glob(old.root, "entries")) == (rows, rows)
 
 
 def test_drop_retired_keeps_current_and_young(tmp_path: Path) -> None:
