@@ -37,10 +37,12 @@ removed, query columns only)::
 
 and ``identity = 1`` when both rows are all gaps (they are then equal strings), so a row is always
 counted in its own cluster and ``1 <= Neff <= depth``. ``X`` is a residue like any other letter.
-Neff is the sum of the weights. It is computed exactly, vectorised with numpy: rows are deduplicated
-first (identical rows share a cluster, so each unique row is weighted by its multiplicity), then
-pairwise match counts come from float32 matrix products of one-hot letter masks, one block of rows
-at a time over the upper triangle, so memory stays at a few hundred MB for a 10,000 x 1,000 MSA.
+Neff is the sum of the weights. It is computed exactly: rows are deduplicated first (identical
+rows share a cluster, so each unique row is weighted by its multiplicity), then every pair of
+unique rows is compared by a small numba-compiled kernel (``storage/_neff_kernel.py``, byte
+compares that LLVM vectorises), one block of rows at a time over the upper triangle, skipping pairs
+whose residue counts alone rule out the threshold. Memory stays at a few tens of MB for a
+10,000 x 1,000 MSA.
 
 Stockholm
 ---------
@@ -60,6 +62,7 @@ import io
 import logging
 import re
 import string
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -307,9 +310,18 @@ def _encode(rows: Sequence[str]) -> np.ndarray:
 def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
     """Neff of aligned rows (equal length, gaps ``-``, no insertions): see :func:`msa_neff`.
 
-    Exact. Unique rows only (weighted by multiplicity). Match counts for a block of rows against
-    the later rows are one matrix product of one-hot (column, letter) features, taken a slice of
-    features at a time, so no array is larger than about ``_NEFF_BLOCK_BYTES`` times a few.
+    Exact. Identical rows are merged first (each unique row weighted by its multiplicity). For
+    every pair of unique rows the compiled kernel :func:`storage._neff_kernel.add_close_pairs`
+    counts equal residues byte by byte (gaps coded 0 in one copy of the rows and 255 in the other,
+    so a gap never equals anything); the columns that are residues in both rows come from a
+    float32 matrix product of the residue masks, one block of rows at a time (no array larger than
+    about ``_NEFF_BLOCK_BYTES``). Identity and threshold are compared as ``matches / union >=
+    identity`` in float64, the definition's own arithmetic.
+
+    Rows are sorted by their residue count ``n`` first: ``identity(a, b) <= min(n_a, n_b) /
+    max(n_a, n_b)`` (matches are at most the shorter row's residues, the union at least the longer
+    row's), so a block only meets the later rows with ``n <= max n in the block / identity``; in
+    MSAs whose hits cover the query to very different extents that skips most pairs.
     """
     if not rows:
         return 0.0
@@ -320,47 +332,26 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
         raise MSAError("aligned rows differ in length")
     if width == 0:
         return 1.0  # all rows are empty, hence equal: one cluster
-    uniq, counts = np.unique(_encode(rows), axis=0, return_counts=True)
-    mult = counts.astype(np.float64)
-    n = uniq.shape[0]
-    residues = (uniq != 0).astype(np.float32)
-    n_res = residues.sum(axis=1, dtype=np.float64)
-    # One feature per (column, letter present in that column): matches = onehot @ onehot.T
-    feat_col: list[int] = []
-    feat_letter: list[int] = []
-    for col in range(width):
-        for letter in np.unique(uniq[:, col]):
-            if letter != 0:
-                feat_col.append(col)
-                feat_letter.append(int(letter))
-    cols = np.asarray(feat_col, dtype=np.intp)
-    letters = np.asarray(feat_letter, dtype=np.uint8)
-    n_feat = len(cols)
-    row_block = max(1, min(n, _NEFF_BLOCK_BYTES // (8 * n)))
-    feat_block = max(1, _NEFF_BLOCK_BYTES // (4 * n))
-    cluster = np.zeros(n, dtype=np.float64)
+    from storage._neff_kernel import add_close_pairs  # numba: compiled (and cached) on first use
+
+    counts = Counter(rows)
+    codes = _encode(list(counts))
+    n_res = np.count_nonzero(codes, axis=1).astype(np.int64)
+    order = np.argsort(n_res, kind="stable")
+    codes, n_res = np.ascontiguousarray(codes[order]), n_res[order]
+    mult = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[order]
+    gaps_255 = np.where(codes == 0, np.uint8(255), codes)  # ASCII residues are < 128
+    residues = (codes != 0).astype(np.float32)
+    n = codes.shape[0]
+    row_block = max(1, min(n, _NEFF_BLOCK_BYTES // (4 * n)))
+    cluster = mult.copy()  # every row is close to itself and to its duplicates
     for start in range(0, n, row_block):
         stop = min(n, start + row_block)
-        size = stop - start
-        # The block against itself and every later row (the upper triangle of the pair matrix).
-        matches = np.zeros((size, n - start), dtype=np.float32)
-        for f0 in range(0, n_feat, feat_block):
-            sel = slice(f0, f0 + feat_block)
-            onehot = (uniq[start:, cols[sel]] == letters[sel]).astype(np.float32)
-            matches += onehot[:size] @ onehot.T
-        both = residues[start:stop] @ residues[start:].T
-        union = n_res[start:stop, None] + n_res[None, start:]
-        union -= both
-        del both
-        ident = matches.astype(np.float64)
-        del matches
-        np.divide(ident, union, out=ident, where=union > 0)
-        ident[union == 0] = 1.0  # both rows all gaps: equal rows
-        close = (ident >= identity).astype(np.float64)
-        del ident, union
-        # Row i of the block gains mult[j] for every close j >= start; a later row j gains
-        # mult[i] for every close i in the block (the pair matrix is symmetric).
-        cluster[start:stop] += close @ mult[start:]
-        if stop < n:
-            cluster[stop:] += mult[start:stop] @ close[:, size:]
+        # Later rows longer than (longest row of the block) / identity cannot be close to any
+        # row of the block; the bound is widened by a relative 1e-9 so that float rounding of the
+        # division never drops a pair whose identity is exactly the threshold.
+        end = n if identity <= 0.0 else max(stop, int(np.searchsorted(
+            n_res, n_res[stop - 1] / identity * (1.0 + 1e-9), side="right")))
+        both = residues[start:stop] @ residues[start:end].T  # exact: counts < 2**24
+        add_close_pairs(codes, gaps_255, n_res, both, mult, float(identity), start, stop, end, cluster)
     return float(np.sum(mult / cluster))
