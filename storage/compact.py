@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from storage import compact_model
 from storage.compact_geometry import chain_frames, decode_coordinates, encode_coordinates, stream_sizes
 from storage.compact_pae import decode_pae_image, encode_pae_image, undo_pae_deltas
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
@@ -85,9 +86,9 @@ __all__ = [
 ]
 
 MAGIC = b"FAC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this reader decodes (records written by older FoldAtlas releases stay readable).
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 _INDEX = {name: i for i, name in enumerate(_ATOM37)}
 _CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
@@ -133,7 +134,7 @@ _FLAG_MASK, _FLAG_OXT, _FLAG_PAE = 1, 2, 4
 _HEADER = struct.Struct("<3sBBII")
 _SECTION = struct.Struct("<BII")
 _ZSTD_LEVEL = 19
-_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates
+_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates (formats 1, 2)
 _MAX_COORD = 2**31 - 1  # int32 thousandths: +-2,147,483.647 Angstrom
 
 
@@ -272,6 +273,14 @@ class _Reader:
         self.pos += stored
         return width, count, chunk
 
+    def opaque(self, expected: int) -> bytes:
+        """The stored bytes of the next format 3 entropy-coded section (``count`` must be ``expected``)."""
+        width, count, chunk = self.raw()
+        if width != 0 or count != expected:
+            raise ValueError(f"compact record: expected an entropy-coded section of {expected} values, "
+                             f"found {count} (width {width})")
+        return chunk
+
     def section(self) -> tuple[int, int, bytes]:
         """(width, count, decompressed bytes) of the next zstd section."""
         width, count, chunk = self.raw()
@@ -361,7 +370,20 @@ def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
 
 def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    return _backbone_frames(sequence, mask, ref, is_ca) if version >= 2 else chain_frames(ref, is_ca)
+    if version == 1:
+        return chain_frames(ref, is_ca)
+    g, gg = _backbone_frames(sequence, mask, ref, is_ca)
+    return compact_model.sidechain_frames(sequence, mask, ref, g, gg) if version >= 3 else (g, gg)
+
+
+def _coordinate_sections(version: int) -> int:
+    """Sections holding coordinates and pLDDT: format 1-2 seven integer streams + pLDDT, format 3 two."""
+    return 2 if version >= 3 else _COORDINATE_STREAMS + 1
+
+
+def _opaque_section(count: int, payload: bytes) -> bytes:
+    """A format 3 entropy-coded section: width 0, stored as is (no zstd)."""
+    return _SECTION.pack(0, count, len(payload)) + payload
 
 
 def _pae_section(pae: np.ndarray) -> bytes:
@@ -391,9 +413,10 @@ def encode_structure(structure: CompactStructure) -> bytes:
     if flags & _FLAG_MASK:
         bits = np.packbits(mask.ravel()).tobytes()
         parts.append(_section(0, len(bits), bits))
-    streams = encode_coordinates(coords, ref, g, gg, is_ca, _atom_classes(seq, mask))
-    parts += [_int_section(stream) for stream in streams]
-    parts.append(_int_section(np.diff(np.asarray(structure.plddt, dtype=np.int64), prepend=0)))
+    classes = _atom_classes(seq, mask)
+    plddt = np.asarray(structure.plddt, dtype=np.int64)
+    parts.append(_opaque_section(coords.shape[0], compact_model.encode_coordinates(coords, ref, g, gg, is_ca, classes)))
+    parts.append(_opaque_section(len(seq), compact_model.encode_plddt(plddt)))
     if structure.pae is not None:
         parts.append(_pae_section(np.asarray(structure.pae, dtype=np.int64)))
     record = b"".join(parts)
@@ -448,9 +471,13 @@ def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:
     ref, is_ca = _references(sequence, mask)
     g, gg = _frames_for(version, sequence, mask, ref, is_ca)
     classes = _atom_classes(sequence, mask)
-    streams = [reader.ints(size) for size in stream_sizes(ref, g, gg, is_ca, classes)]
-    coords = decode_coordinates(streams, ref, g, gg, is_ca, classes)
-    plddt = np.cumsum(reader.ints(n))
+    if version >= 3:
+        coords = compact_model.decode_coordinates(reader.opaque(n_atoms), ref, g, gg, is_ca, classes)
+        plddt = compact_model.decode_plddt(reader.opaque(n), n)
+    else:
+        streams = [reader.ints(size) for size in stream_sizes(ref, g, gg, is_ca, classes)]
+        coords = decode_coordinates(streams, ref, g, gg, is_ca, classes)
+        plddt = np.cumsum(reader.ints(n))
     pae_values = None
     if flags & _FLAG_PAE:
         if pae:
@@ -473,7 +500,7 @@ def decode_pae(data: bytes) -> np.ndarray | None:
     if not flags & _FLAG_PAE:
         return None
     reader = _Reader(data, _HEADER.size)
-    for _ in range(1 + bool(flags & _FLAG_MASK) + _COORDINATE_STREAMS + 1):  # meta, [mask], coordinates, pLDDT
+    for _ in range(1 + bool(flags & _FLAG_MASK) + _coordinate_sections(version)):  # meta, [mask], coordinates, pLDDT
         reader.raw()
     values = _read_pae(reader, version, n)
     if reader.pos != len(data):
@@ -483,8 +510,9 @@ def decode_pae(data: bytes) -> np.ndarray | None:
 
 def section_sizes(data: bytes) -> dict[str, int]:
     """Stored bytes of each part of a record (header, meta, mask, coordinates, plddt, pae)."""
-    _, flags, _, _ = _header(data)
-    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * _COORDINATE_STREAMS, "plddt",
+    version, flags, _, _ = _header(data)
+    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * (_coordinate_sections(version) - 1),
+             "plddt",
              *(["pae"] if flags & _FLAG_PAE else [])]
     sizes, pos = {"header": _HEADER.size}, _HEADER.size
     for name in names:

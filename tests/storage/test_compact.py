@@ -187,14 +187,15 @@ def _assert_equals_afdb_files(back: CompactStructure, accession: str) -> None:
     assert back.pae is not None and back.pae.tolist() == json.loads(pae_bytes)[0]["predicted_aligned_error"]
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("accession", ["O05023", "P00221"])
-def test_format_1_records_still_decode_exactly(accession: str) -> None:
-    """Records written by format 1 (already in atlases) decode to the AFDB files' values."""
-    record = (DATA / "compact" / f"AF-{accession}-F1.v1.fac").read_bytes()
-    assert record[3] == 1 != FORMAT_VERSION
+def test_older_format_records_still_decode_exactly(accession: str, version: int) -> None:
+    """Records written by formats 1 and 2 (already in atlases) decode to the AFDB files' values."""
+    record = (DATA / "compact" / f"AF-{accession}-F1.v{version}.fac").read_bytes()
+    assert record[3] == version != FORMAT_VERSION
     back = decode_structure(record)
     _assert_equals_afdb_files(back, accession)
-    assert dict(back.meta) == {"note": "format 1 fixture"}
+    assert dict(back.meta) == {"note": f"format {version} fixture"}
     assert back.pae is not None and np.array_equal(decode_pae(record), back.pae)
     stored = read_record(record)
     assert stored.has_pae and stored.pae is not None and stored.pae.tolist() == back.pae.tolist()
