@@ -138,15 +138,27 @@ _COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates (formats 
 _MAX_COORD = 2**31 - 1  # int32 thousandths: +-2,147,483.647 Angstrom
 
 
+def _restypes(sequence: str) -> np.ndarray:
+    """Residue type index (into _RESTYPES) of each letter; -1 for any other character."""
+    if not sequence.isascii():
+        return np.array([_RESTYPE_INDEX.get(c, -1) for c in sequence], dtype=np.int64)
+    return _RESTYPE_OF_BYTE[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
+
+
+_RESTYPE_OF_BYTE = np.full(256, -1, dtype=np.int64)
+_RESTYPE_OF_BYTE[[ord(c) for c in _RESTYPES]] = np.arange(len(_RESTYPES))
+_TEMPLATE = np.zeros((len(_RESTYPES), len(_ATOM37)), dtype=bool)
+for _r, _letter in enumerate(_RESTYPES):
+    _TEMPLATE[_r, [_INDEX[n] for n in ("N", "CA", "C", "O", *RESIDUE_ATOMS[_letter])]] = True
+
+
 def template_atom_mask(sequence: str, oxt: bool = False) -> np.ndarray:
     """bool (L, 37): the standard heavy atoms of each residue (plus OXT on the last if ``oxt``)."""
-    mask = np.zeros((len(sequence), len(_ATOM37)), dtype=bool)
-    backbone = [_INDEX[n] for n in ("N", "CA", "C", "O")]
-    for i, letter in enumerate(sequence):
-        if letter not in RESIDUE_ATOMS:
-            raise ValueError(f"residue {i + 1} is {letter!r}: only the 20 standard letters and X are stored")
-        mask[i, backbone] = True
-        mask[i, [_INDEX[n] for n in RESIDUE_ATOMS[letter]]] = True
+    restype = _restypes(sequence)
+    if (restype < 0).any():
+        i = int(np.argmax(restype < 0))
+        raise ValueError(f"residue {i + 1} is {sequence[i]!r}: only the 20 standard letters and X are stored")
+    mask = _TEMPLATE[restype]
     if oxt and len(sequence):
         mask[-1, _OXT] = True
     return mask
@@ -309,7 +321,8 @@ class _Reader:
 
 def _references(sequence: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ref, is_ca) per stored atom: ref = stored index of the reference atom, -1 = absolute."""
-    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    restype = _restypes(sequence)
+    restype[restype < 0] = _RESTYPE_INDEX["X"]
     stored_index = np.full(mask.shape, -1, dtype=np.int64)
     stored_index[mask] = np.arange(int(mask.sum()))
     res, atom = np.nonzero(mask)
@@ -358,7 +371,8 @@ def _coordinate_deltas(coords: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
     """(residue type, atom37 index) of each stored atom as one integer: restype * 37 + atom."""
-    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    restype = _restypes(sequence)
+    restype[restype < 0] = _RESTYPE_INDEX["X"]
     res, atom = np.nonzero(mask)
     return restype[res] * len(_ATOM37) + atom
 
@@ -373,7 +387,7 @@ def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, 
     if version == 1:
         return chain_frames(ref, is_ca)
     g, gg = _backbone_frames(sequence, mask, ref, is_ca)
-    return compact_model.sidechain_frames(sequence, mask, ref, g, gg) if version >= 3 else (g, gg)
+    return compact_model.sidechain_frames(mask, _atom_classes(sequence, mask), ref, g, gg) if version >= 3 else (g, gg)
 
 
 def _coordinate_sections(version: int) -> int:

@@ -98,6 +98,11 @@ def _model(byte: int) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(_table(byte), perfect=False)
 
 
+@cache
+def _categorical(probabilities: tuple[float, ...]) -> constriction.stream.model.Categorical:
+    return constriction.stream.model.Categorical(np.array(probabilities, dtype=np.float64), perfect=False)
+
+
 def _zigzag(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.int64).ravel()
     return ((v << 1) ^ (v >> 63)).astype(np.uint64)
@@ -157,25 +162,28 @@ class Encoder:
         self._coder = constriction.stream.queue.RangeEncoder()
 
     def ints(self, values: np.ndarray, byte: int) -> None:
-        token, nbits, raw = _tokens(_zigzag(values))
-        if not token.size:
-            return
-        self._coder.encode(token.astype(np.int32), _model(byte))
-        self._raw(nbits, raw)
+        self.groups([(values, byte)])
 
-    def _raw(self, nbits: np.ndarray, raw: np.ndarray) -> None:
-        for shift in range(0, int(nbits.max(initial=0)), _RAW_CHUNK):
-            sel = nbits > shift
-            width = np.minimum(nbits[sel] - shift, _RAW_CHUNK)
-            symbols = (raw[sel] >> np.uint64(shift)) & ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))
-            self._coder.encode(symbols.astype(np.int32), constriction.stream.model.Uniform(),
-                               (1 << width).astype(np.int32))
+    def groups(self, groups: list[tuple[np.ndarray, int]]) -> None:
+        """Integer groups, each with its model byte: all tokens (group by group), then all raw bits."""
+        coded = [(_tokens(_zigzag(values)), byte) for values, byte in groups]
+        for (token, _, _), byte in coded:
+            if token.size:
+                self._coder.encode(token.astype(np.int32), _model(byte))
+        if coded:
+            nbits = np.concatenate([c[0][1] for c in coded])
+            raw = np.concatenate([c[0][2] for c in coded])
+            for shift in range(0, int(nbits.max(initial=0)), _RAW_CHUNK):
+                sel = nbits > shift
+                width = np.minimum(nbits[sel] - shift, _RAW_CHUNK).astype(np.uint64)
+                symbols = (raw[sel] >> np.uint64(shift)) & ((np.uint64(1) << width) - np.uint64(1))
+                self._coder.encode(symbols.astype(np.int32), constriction.stream.model.Uniform(),
+                                   (np.uint64(1) << width).astype(np.int32))
 
-    def symbols(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
-        """Symbols 0..n-1, each with its own row of (unnormalised) probabilities (m, n)."""
-        if symbols.size:
-            self._coder.encode(np.asarray(symbols, dtype=np.int32), constriction.stream.model.Categorical(
-                perfect=False), np.ascontiguousarray(probabilities, dtype=np.float64))
+    def categorical(self, symbols: np.ndarray, probabilities: tuple[float, ...]) -> None:
+        """Symbols 0..n-1, all with the same (unnormalised) probabilities."""
+        if len(symbols):
+            self._coder.encode(np.asarray(symbols, dtype=np.int32), _categorical(probabilities))
 
     def uniform(self, symbols: np.ndarray, size: int) -> None:
         """Symbols 0..size-1, all equally likely."""
@@ -195,13 +203,17 @@ class Decoder:
         self._coder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
     def ints(self, count: int, byte: int) -> np.ndarray:
-        if not count:
+        return self.groups([(count, byte)])
+
+    def groups(self, groups: list[tuple[int, int]]) -> np.ndarray:
+        """The values of :meth:`Encoder.groups` (given each group's size and model byte), concatenated."""
+        tokens = [self._decode(_model(byte), count) for count, byte in groups if count]
+        if not tokens:
             return np.zeros(0, dtype=np.int64)
-        token = self._decode(_model(byte), count).astype(np.int64)
+        token = np.concatenate(tokens).astype(np.int64)
         big = token >= _DIRECT
-        n = (token - _DIRECT) // 2 + 4
-        nbits = np.where(big, n - 1, 0)
-        u = np.where(big, (2 + (token - _DIRECT) % 2) << np.maximum(nbits, 0), token).astype(np.uint64)
+        nbits = np.where(big, (token - _DIRECT) // 2 + 3, 0)
+        u = np.where(big, (2 + (token - _DIRECT) % 2) << nbits, token).astype(np.uint64)
         for shift in range(0, int(nbits.max(initial=0)), _RAW_CHUNK):
             sel = nbits > shift
             width = np.minimum(nbits[sel] - shift, _RAW_CHUNK)
@@ -209,11 +221,10 @@ class Decoder:
             u[sel] |= chunk.astype(np.uint64) << np.uint64(shift)
         return _unzigzag(u)
 
-    def symbols(self, probabilities: np.ndarray) -> np.ndarray:
-        if not len(probabilities):
+    def categorical(self, count: int, probabilities: tuple[float, ...]) -> np.ndarray:
+        if not count:
             return np.zeros(0, dtype=np.int64)
-        return self._decode(constriction.stream.model.Categorical(perfect=False),
-                            np.ascontiguousarray(probabilities, dtype=np.float64)).astype(np.int64)
+        return self._decode(_categorical(probabilities), count).astype(np.int64)
 
     def uniform(self, count: int, size: int) -> np.ndarray:
         if not count:

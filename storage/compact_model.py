@@ -32,7 +32,7 @@ import numpy as np
 
 from storage.compact_entropy import FLAT, GEOMETRIC, Decoder, Encoder, best_model
 from storage.compact_geometry import _depths, _dot, _framed, _frames
-from storage.compact_table import CLASS_TABLE, INDEX_PROBABILITIES
+from storage.compact_table import CLASS_TABLE
 from storage.mmcif import ATOM_TYPES
 
 __all__ = ["decode_coordinates", "decode_plddt", "encode_coordinates", "encode_plddt", "frame_components",
@@ -49,45 +49,49 @@ _SIBLING = {("V", "CG2"): "CG1", ("I", "CG2"): "CG1", ("T", "CG2"): "OG1", ("L",
             ("R", "NH2"): "NH1"}
 _CB_BONDED = ("CG", "CG1", "CG2", "OG", "OG1", "SG")
 
-# value kinds (group key = kind * 64 + atom37 index)
+# value kinds; group key = kind * 64 + context: the atom37 index of a backbone atom (and CB, OXT),
+# 63 for every side-chain atom
+_OWN_CONTEXT = np.array([_INDEX[n] for n in ("N", "C", "O", "CB", "OXT")])
 _PLAIN, _CA_SMALL, _CA_BIG, _R0, _R1, _R2, _SMALL, _BIG = range(8)
 _CA_LENGTH = 3800  # CA-CA distance of a trans peptide, thousandths of an Angstrom
-_OFFSETS = np.array([(a, b, c) for a in (0, -1, 1) for b in (0, -1, 1) for c in (0, -1, 1)], dtype=np.float64)
+_CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.int64)
 _BALL = 0.76  # squared radius of the candidates around E^T q (>= 3/4: the rounding cube's corners)
-_ESCAPE = len(_OFFSETS)
+_ESCAPE = len(_CORNERS)
 _SENTINEL = 0x5A3C
 
 
-def sidechain_frames(sequence: str, mask: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.ndarray
+def _rule_table() -> np.ndarray:
+    """(21 * 37, 3) atom37 indices (parent, g, gg) of each class's format 3 frame; -1 = format 2's."""
+    table = np.full((len(_RESTYPES), _NA, 3), -1, dtype=np.int64)
+    table[:, [_INDEX[a] for a in _CB_BONDED]] = (_INDEX["CB"], _INDEX["CA"], _INDEX["N"])
+    parent_of = {"OD1": "CG", "CD1": "CG", "ND1": "CG", "OE1": "CD", "NH1": "CZ", "CG1": "CB", "OG1": "CB"}
+    grandparent = {"CB": "CA", "CG": "CB", "CD": "CG", "CZ": "NE"}
+    for (letter, atom), sibling in _SIBLING.items():
+        parent = parent_of[sibling]
+        table[_RESTYPES.index(letter), _INDEX[atom]] = (_INDEX[parent], _INDEX[grandparent[parent]], _INDEX[sibling])
+    return table.reshape(-1, 3)
+
+
+_RULES = _rule_table()
+
+
+def sidechain_frames(mask: np.ndarray, classes: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Format 3 frames: format 2's (``g``, ``gg``) with the side-chain overrides (new arrays)."""
+    """Format 3 frames: format 2's (``g``, ``gg``) with the side-chain overrides (new arrays).
+
+    An override applies when its three atoms exist and the atom's reference is the usual parent.
+    ``classes``: restype * 37 + atom37 of each stored atom.
+    """
     g, gg = g.copy(), gg.copy()
     stored = np.full(mask.shape, -1, dtype=np.int64)
     stored[mask] = np.arange(int(mask.sum()))
-    letters = np.array(list(sequence)) if sequence else np.zeros(0, dtype="<U1")
-    rules = [(letter, atom, "CB", "CA", "N") for letter in _RESTYPES for atom in _CB_BONDED]
-    rules += [(letter, atom, _parent_of(letter, sibling), _grandparent(letter, sibling), sibling)
-              for (letter, atom), sibling in _SIBLING.items()]
-    for letter, atom, parent, frame_g, frame_gg in rules:
-        rows = np.nonzero(letters == letter)[0]
-        if not rows.size:
-            continue
-        x, p, a, b = (stored[rows, _INDEX[n]] for n in (atom, parent, frame_g, frame_gg))
-        ok = (x >= 0) & (p >= 0) & (a >= 0) & (b >= 0)
-        ok[ok] &= ref[x[ok]] == p[ok]
-        g[x[ok]], gg[x[ok]] = a[ok], b[ok]
+    residue = np.nonzero(mask)[0]
+    rule = _RULES[classes]
+    x = np.nonzero(rule[:, 0] >= 0)[0]
+    p, a, b = (stored[residue[x], rule[x, i]] for i in range(3))
+    ok = (p >= 0) & (a >= 0) & (b >= 0) & (ref[x] == p)
+    g[x[ok]], gg[x[ok]] = a[ok], b[ok]
     return g, gg
-
-
-def _parent_of(letter: str, atom: str) -> str:
-    if atom in _CB_BONDED:
-        return "CB"
-    return {"OD1": "CG", "CD1": "CG", "ND1": "CG", "OE1": "CD", "NH1": "CZ"}[atom]
-
-
-def _grandparent(letter: str, atom: str) -> str:
-    parent = _parent_of(letter, atom)
-    return {"CB": "CA", "CG": "CB", "CD": "CG", "CZ": "NE"}[parent]
 
 
 def frame_components(coords: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.ndarray, is_ca: np.ndarray
@@ -102,42 +106,45 @@ def frame_components(coords: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.
     return rows, q, e
 
 
-def _center(q: np.ndarray, e: tuple[np.ndarray, ...]) -> np.ndarray:
-    qf = q.astype(np.float64)
-    return qf[:, 0:1] * e[0] + qf[:, 1:2] * e[1] + qf[:, 2:3] * e[2]
+def _corners(near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    """(..., 8, k): x[0] + x[1] + x[2] over the corners of _CORNERS, x[c] = near[..., c, :] where the
+    corner's bit c is 0, far[..., c, :] where it is 1; near and far (..., 3, k)."""
+    parts = np.stack([near, far], axis=-2)  # (..., 3, 2, k)
+    total = parts[..., 0, :, None, None, :] + parts[..., 1, None, :, None, :] + parts[..., 2, None, None, :, :]
+    return total.reshape(*near.shape[:-2], 8, near.shape[-1])
 
 
-def _candidates(q: np.ndarray, e: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(base (k, 3) int64, order (k, 27) offset indices, count (k,)): the integer points d near
-    E^T q with rint(E d) == q, as base + _OFFSETS[order[:, :count]], nearest first.
+def _candidates(q: np.ndarray, e: tuple[np.ndarray, ...]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The integer points d near E^T q that round to q, as encoder and decoder both compute them.
 
-    d - E^T q is the rounding error of q turned back (at most sqrt(3)/2 long), so d lies within
-    that ball around E^T q, and within one of rint(E^T q) in each coordinate: the 27 offsets.
+    d - E^T q is q's rounding error turned back (at most sqrt(3)/2 long), so each coordinate of d
+    is rint(E^T q) = base or its neighbour on the side of E^T q: 8 corners; kept are those within
+    that ball with rint(E base + E offset) == q (E d up to the last bit: a true d that fails by a
+    rounding tie is coded as an escape). Returns (base (k, 3), offsets (m, 3), count (k,),
+    start (k,)), int64: row i's candidates are base[i] + offsets[start[i] : start[i] + count[i]].
     """
-    center = _center(q, e)
+    qf = q.T.astype(np.float64)
+    et = np.stack(e).transpose(0, 2, 1)  # (axis, component, k)
+    center = qf[0] * et[0] + qf[1] * et[1] + qf[2] * et[2]
     base = np.rint(center)
     frac = center - base
-    diff = _OFFSETS[None, :, :] - frac[:, None, :]
-    dist = diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1] + diff[..., 2] * diff[..., 2]
-    row, off = np.nonzero(dist <= _BALL)
-    cand = base[row] + _OFFSETS[off]
-    ok = np.ones(row.size, dtype=bool)
-    for axis in range(3):
-        ea = e[axis][row]
-        ok &= np.rint(cand[:, 0] * ea[:, 0] + cand[:, 1] * ea[:, 1] + cand[:, 2] * ea[:, 2]) == q[row, axis]
-    valid = np.zeros(dist.shape, dtype=bool)
-    valid[row[ok], off[ok]] = True
-    order = np.argsort(np.where(valid, dist, np.inf), axis=1, kind="stable")
-    return base.astype(np.int64), order, valid.sum(axis=1)
+    far = 1.0 - np.abs(frac)
+    valid = _corners(frac * frac, far * far) <= _BALL
+    side = np.where(frac < 0, -1.0, 1.0)
+    along_base = base[0] * et[:, 0] + base[1] * et[:, 1] + base[2] * et[:, 2]  # (axis, k)
+    along_offset = _corners(np.zeros(et.shape), side * et)  # (axis, 8, k)
+    valid &= (np.rint(along_base[:, None, :] + along_offset) == qf[:, None, :]).all(axis=0)
+    row, corner = np.nonzero(valid.T)
+    offsets = (_CORNERS[corner] * side.T[row]).astype(np.int64)
+    count = np.bincount(row, minlength=q.shape[0])
+    return base.T.astype(np.int64), offsets, count, np.cumsum(count) - count
 
 
-def _index_rows(count: np.ndarray) -> np.ndarray:
-    """Probability rows (k, 28) of the candidate index given the candidate count."""
-    table = np.zeros((len(INDEX_PROBABILITIES) + 1, _ESCAPE + 1))
-    for c, probs in enumerate(INDEX_PROBABILITIES, start=1):
-        table[c, : len(probs)] = probs
-    table[0, 0] = 1.0  # no candidate: only the escape is possible
-    return table[np.minimum(count, len(INDEX_PROBABILITIES))]
+def _index_model(count: int) -> tuple[float, ...]:
+    """Probabilities of the candidate index (0..7, 8 = escape) given the number of candidates:
+    equally likely (measured: 50/50 for two, 37/34/29 % for three); no candidate: the escape."""
+    return tuple(1.0 if i < count or (count == 0 and i == _ESCAPE) else 0.0 for i in range(_ESCAPE + 1))
 
 
 _CLASS_ARRAY = np.array([CLASS_TABLE.get(c, (0, 0, 0, 0, 0)) for c in range(len(_RESTYPES) * _NA)],
@@ -170,17 +177,25 @@ class _Layout:
         self.plain = np.nonzero(~self.framed & ~(is_ca & (ref >= 0)))[0]
         self.fixed, self.qref, self.radius, self.atom = _classes_info(classes[self.rows])
         self.depth = _depths(ref, g, gg, is_ca, self.framed)
-        self.level = self.depth[self.rows]
-        # index symbols are coded level by level (the decoder needs the previous levels' atoms)
-        self.by_level = np.argsort(self.level, kind="stable")
+        # the framed atoms level by level: the decoder needs the previous levels' atoms first
+        position = np.full(ref.size, -1, dtype=np.int64)
+        position[self.rows] = np.arange(self.rows.size)
+        order = np.argsort(self.depth, kind="stable")
+        starts = np.searchsorted(self.depth[order], np.arange(1, int(self.depth.max(initial=0)) + 2))
+        self.levels = []  # (plain rows, framed rows, their positions in rows)
+        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+            at = order[lo:hi]
+            framed = self.framed[at]
+            self.levels.append((at[~framed], at[framed], position[at[framed]]))
 
     def groups(self) -> list[tuple[int, np.ndarray]]:
         """(group key, positions) of every value group, in coding order; positions index the
         concatenation of the value arrays of :meth:`_values` (see there)."""
         k = self.rows.size
+        context = np.where(np.isin(self.atom, _OWN_CONTEXT), self.atom, 63)
         keys = [np.full(self.plain.size * 3, _PLAIN * 64), np.full(self.chained_ca.size * 2, _CA_SMALL * 64),
-                np.full(self.chained_ca.size, _CA_BIG * 64), _R0 * 64 + self.atom,
-                np.where(self.fixed, _R1, _SMALL) * 64 + self.atom, np.where(self.fixed, _R2, _BIG) * 64 + self.atom]
+                np.full(self.chained_ca.size, _CA_BIG * 64), _R0 * 64 + context,
+                np.where(self.fixed, _R1, _SMALL) * 64 + context, np.where(self.fixed, _R2, _BIG) * 64 + context]
         assert sum(len(x) for x in keys) == self.plain.size * 3 + self.chained_ca.size * 3 + 3 * k
         allkeys = np.concatenate(keys).astype(np.int64)
         order = np.argsort(allkeys, kind="stable")
@@ -220,20 +235,20 @@ def encode_coordinates(coords: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: n
     groups = lay.groups()
     models = [best_model(values[pos], _families(key)) for key, pos in groups]
     enc = Encoder()
-    for (_, pos), byte in zip(groups, models, strict=True):
-        enc.ints(values[pos], byte)
+    enc.groups([(values[pos], byte) for (_, pos), byte in zip(groups, models, strict=True)])
     enc.uniform(ca_code, 6)
     enc.uniform(quadrant[~lay.fixed], 4)
     # candidate index of each framed atom's bond vector, level by level
-    base, order, count = _candidates(q, e)
+    base, offsets, count, start = _candidates(q, e)
     true_offset = deltas[rows] - base
-    hit = (_OFFSETS[order] == true_offset[:, None, :]).all(axis=2) & (np.arange(_ESCAPE) < count[:, None])
-    index = np.where(hit.any(axis=1), np.argmax(hit, axis=1), _ESCAPE)
-    for level in np.unique(lay.level):
-        at = lay.by_level[lay.level[lay.by_level] == level]
-        enc.symbols(index[at], _index_rows(count[at]))
-        escaped = at[index[at] == _ESCAPE]
-        enc.ints(true_offset[escaped].ravel(), 0)
+    owner = np.repeat(np.arange(rows.size), count)
+    hit = (offsets == true_offset[owner]).all(axis=1)
+    index = np.full(rows.size, _ESCAPE, dtype=np.int64)
+    index[owner[hit]] = (np.arange(owner.size) - start[owner])[hit]
+    for _, _, k in lay.levels:
+        for c in np.unique(count[k]):
+            enc.categorical(index[k[count[k] == c]], _index_model(int(c)))
+        enc.ints(true_offset[k[index[k] == _ESCAPE]].ravel(), 0)
     enc.uniform(np.array([_SENTINEL >> 8, _SENTINEL & 255]), 256)
     return bytes(models) + enc.finish()
 
@@ -249,8 +264,9 @@ def decode_coordinates(data: bytes, ref: np.ndarray, g: np.ndarray, gg: np.ndarr
     dec = Decoder(data[len(groups):])
     total = lay.plain.size * 3 + lay.chained_ca.size * 3 + 3 * lay.rows.size
     values = np.zeros(total, dtype=np.int64)
-    for (_, pos), byte in zip(groups, data[: len(groups)], strict=True):
-        values[pos] = dec.ints(pos.size, byte)
+    if groups:
+        values[np.concatenate([pos for _, pos in groups])] = dec.groups(
+            [(pos.size, byte) for (_, pos), byte in zip(groups, data[: len(groups)], strict=True)])
     ca_code = dec.uniform(lay.chained_ca.size, 6)
     quadrant = np.zeros(lay.rows.size, dtype=np.int64)
     quadrant[~lay.fixed] = dec.uniform(int((~lay.fixed).sum()), 4)
@@ -278,28 +294,26 @@ def decode_coordinates(data: bytes, ref: np.ndarray, g: np.ndarray, gg: np.ndarr
     coords[absolute] = deltas[absolute]
     ca_rows = np.nonzero(is_ca)[0]
     coords[ca_rows] = np.cumsum(deltas[ca_rows], axis=0)
-    position = np.full(n, -1, dtype=np.int64)
-    position[lay.rows] = np.arange(lay.rows.size)
-    for level in range(1, int(lay.depth.max(initial=0)) + 1):
-        at = lay.depth == level
-        plain_rows = np.nonzero(at & ~lay.framed)[0]
+    xf = coords.astype(np.float64)
+    for plain_rows, frame_rows, k in lay.levels:
         coords[plain_rows] = coords[ref[plain_rows]] + deltas[plain_rows]
-        frame_rows = np.nonzero(at & lay.framed)[0]
+        xf[plain_rows] = coords[plain_rows]
         if not frame_rows.size:
             continue
-        k = position[frame_rows]
-        e = _frames(coords.astype(np.float64), ref[frame_rows], g[frame_rows], gg[frame_rows])
-        base, order, count = _candidates(q[k], e)
-        index = dec.symbols(_index_rows(count))
-        if index.size and (index.max() > _ESCAPE or (index != _ESCAPE).any() and
-                           (index[index != _ESCAPE] >= count[index != _ESCAPE]).any()):
-            raise ValueError("compact record: bad coordinate candidate index")
+        e = _frames(xf, ref[frame_rows], g[frame_rows], gg[frame_rows])
+        base, offsets, count, start = _candidates(q[k], e)
+        index = np.zeros(k.size, dtype=np.int64)
+        for c in np.unique(count):
+            index[count == c] = dec.categorical(int((count == c).sum()), _index_model(int(c)))
         escaped = index == _ESCAPE
+        if (index[~escaped] >= count[~escaped]).any():
+            raise ValueError("compact record: bad coordinate candidate index")
         offset = np.zeros((k.size, 3), dtype=np.int64)
         fine = np.nonzero(~escaped)[0]
-        offset[fine] = _OFFSETS[order[fine, index[fine]]].astype(np.int64)
+        offset[fine] = offsets[start[fine] + index[fine]]
         offset[escaped] = dec.ints(int(escaped.sum()) * 3, 0).reshape(-1, 3)
         coords[frame_rows] = coords[ref[frame_rows]] + base + offset
+        xf[frame_rows] = coords[frame_rows]
     if dec.uniform(2, 256).tolist() != [_SENTINEL >> 8, _SENTINEL & 255]:
         raise ValueError("compact record: coordinate section is corrupt (end marker)")
     return coords

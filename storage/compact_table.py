@@ -7,7 +7,6 @@ free (a torsion: position on the circle). Measured once on the five AlphaFold DB
 ``tests/data/afdb`` (2,470 residues) with ``python -m benchmarks.compact_table``; classes absent there
 use (0, 0, 0, 0, free), which is lossless, only larger.
 
-``INDEX_PROBABILITIES[c - 1]``: probabilities of the candidate index when there are ``c`` candidates.
 """
 
 CLASS_TABLE: dict[int, tuple[int, int, int, int, int]] = {
@@ -160,4 +159,3 @@ CLASS_TABLE: dict[int, tuple[int, int, int, int, int]] = {
     710: (554, 719, -1238, 1430, 1),  # V CG2
 }
 
-INDEX_PROBABILITIES: tuple[tuple[float, ...], ...] = ((1.0,), (1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0))
