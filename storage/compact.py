@@ -64,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import compact_model
-from storage.compact_geometry import chain_frames, decode_coordinates, encode_coordinates, stream_sizes
+from storage.compact_geometry import chain_frames, decode_coordinates, stream_sizes
 from storage.compact_pae import decode_pae_image, encode_pae_image, undo_pae_deltas
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
 
@@ -382,12 +382,12 @@ def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray,
+                classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if version == 1:
         return chain_frames(ref, is_ca)
     g, gg = _backbone_frames(sequence, mask, ref, is_ca)
-    return compact_model.sidechain_frames(mask, _atom_classes(sequence, mask), ref, g, gg) if version >= 3 else (g, gg)
+    return compact_model.sidechain_frames(mask, classes, ref, g, gg) if version >= 3 else (g, gg)
 
 
 def _coordinate_sections(version: int) -> int:
@@ -422,12 +422,12 @@ def encode_structure(structure: CompactStructure) -> bytes:
                       allow_nan=False).encode()
     coords = np.asarray(structure.coords, dtype=np.int64)
     ref, is_ca = _references(seq, mask)
-    g, gg = _frames_for(FORMAT_VERSION, seq, mask, ref, is_ca)
+    classes = _atom_classes(seq, mask)
+    g, gg = _frames_for(FORMAT_VERSION, seq, mask, ref, is_ca, classes)
     parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(seq), coords.shape[0]), _section(0, len(meta), meta)]
     if flags & _FLAG_MASK:
         bits = np.packbits(mask.ravel()).tobytes()
         parts.append(_section(0, len(bits), bits))
-    classes = _atom_classes(seq, mask)
     plddt = np.asarray(structure.plddt, dtype=np.int64)
     parts.append(_opaque_section(coords.shape[0], compact_model.encode_coordinates(coords, ref, g, gg, is_ca, classes)))
     parts.append(_opaque_section(len(seq), compact_model.encode_plddt(plddt)))
@@ -483,8 +483,8 @@ def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:
     if int(mask.sum()) != n_atoms:
         raise ValueError(f"compact record: {n_atoms} atoms in the header, {int(mask.sum())} in the mask")
     ref, is_ca = _references(sequence, mask)
-    g, gg = _frames_for(version, sequence, mask, ref, is_ca)
     classes = _atom_classes(sequence, mask)
+    g, gg = _frames_for(version, sequence, mask, ref, is_ca, classes)
     if version >= 3:
         coords = compact_model.decode_coordinates(reader.opaque(n_atoms), ref, g, gg, is_ca, classes)
         plddt = compact_model.decode_plddt(reader.opaque(n), n)

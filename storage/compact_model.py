@@ -28,6 +28,9 @@ pLDDT (hundredths): differences along the chain, one geometric model.
 
 from __future__ import annotations
 
+import itertools
+from functools import cache
+
 import numpy as np
 
 from storage.compact_entropy import FLAT, GEOMETRIC, Decoder, Encoder, best_model
@@ -51,10 +54,12 @@ _CB_BONDED = ("CG", "CG1", "CG2", "OG", "OG1", "SG")
 
 # value kinds; group key = kind * 64 + context: the atom37 index of a backbone atom (and CB, OXT),
 # 63 for every side-chain atom
-_OWN_CONTEXT = np.array([_INDEX[n] for n in ("N", "C", "O", "CB", "OXT")])
+_CONTEXT = np.full(_NA, 63, dtype=np.int64)
+_CONTEXT[[_INDEX[n] for n in ("N", "C", "O", "CB", "OXT")]] = [_INDEX[n] for n in ("N", "C", "O", "CB", "OXT")]
 _PLAIN, _CA_SMALL, _CA_BIG, _R0, _R1, _R2, _SMALL, _BIG = range(8)
 _CA_LENGTH = 3800  # CA-CA distance of a trans peptide, thousandths of an Angstrom
-_CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.int64)
+_CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64)
+_CORNER_BITS = _CORNERS.T.astype(bool)
 _BALL = 0.76  # squared radius of the candidates around E^T q (>= 3/4: the rounding cube's corners)
 _ESCAPE = len(_CORNERS)
 _SENTINEL = 0x5A3C
@@ -106,41 +111,38 @@ def frame_components(coords: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.
     return rows, q, e
 
 
-def _corners(near: np.ndarray, far: np.ndarray) -> np.ndarray:
-    """(..., 8, k): x[0] + x[1] + x[2] over the corners of _CORNERS, x[c] = near[..., c, :] where the
-    corner's bit c is 0, far[..., c, :] where it is 1; near and far (..., 3, k)."""
-    parts = np.stack([near, far], axis=-2)  # (..., 3, 2, k)
-    total = parts[..., 0, :, None, None, :] + parts[..., 1, None, :, None, :] + parts[..., 2, None, None, :, :]
-    return total.reshape(*near.shape[:-2], 8, near.shape[-1])
-
-
 def _candidates(q: np.ndarray, e: tuple[np.ndarray, ...]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The integer points d near E^T q that round to q, as encoder and decoder both compute them.
 
     d - E^T q is q's rounding error turned back (at most sqrt(3)/2 long), so each coordinate of d
     is rint(E^T q) = base or its neighbour on the side of E^T q: 8 corners; kept are those within
-    that ball with rint(E base + E offset) == q (E d up to the last bit: a true d that fails by a
-    rounding tie is coded as an escape). Returns (base (k, 3), offsets (m, 3), count (k,),
-    start (k,)), int64: row i's candidates are base[i] + offsets[start[i] : start[i] + count[i]].
+    that ball with rint(E d) == q (the encoder's own operations, so the true d is always kept).
+    Returns (base (k, 3), offsets (m, 3), count (k,), start (k,)), int64: row i's candidates are
+    base[i] + offsets[start[i] : start[i] + count[i]], in corner order.
     """
-    qf = q.T.astype(np.float64)
-    et = np.stack(e).transpose(0, 2, 1)  # (axis, component, k)
+    qf = np.ascontiguousarray(q.T, dtype=np.float64)
+    et = np.ascontiguousarray(np.stack(e).transpose(0, 2, 1))  # (axis, component, k)
     center = qf[0] * et[0] + qf[1] * et[1] + qf[2] * et[2]
     base = np.rint(center)
     frac = center - base
     far = 1.0 - np.abs(frac)
-    valid = _corners(frac * frac, far * far) <= _BALL
+    near2, far2 = frac * frac, far * far
+    dist = np.where(_CORNER_BITS[0][:, None], far2[0], near2[0]) + np.where(_CORNER_BITS[1][:, None], far2[1], near2[1])
+    dist += np.where(_CORNER_BITS[2][:, None], far2[2], near2[2])
+    row, corner = np.nonzero((dist <= _BALL).T)
     side = np.where(frac < 0, -1.0, 1.0)
-    along_base = base[0] * et[:, 0] + base[1] * et[:, 1] + base[2] * et[:, 2]  # (axis, k)
-    along_offset = _corners(np.zeros(et.shape), side * et)  # (axis, 8, k)
-    valid &= (np.rint(along_base[:, None, :] + along_offset) == qf[:, None, :]).all(axis=0)
-    row, corner = np.nonzero(valid.T)
-    offsets = (_CORNERS[corner] * side.T[row]).astype(np.int64)
-    count = np.bincount(row, minlength=q.shape[0])
-    return base.T.astype(np.int64), offsets, count, np.cumsum(count) - count
+    offsets = _CORNERS[corner].T * side[:, row]  # (3, m)
+    cand = base[:, row] + offsets
+    ok = np.ones(row.size, dtype=bool)
+    for axis in range(3):  # the expression of frame_components: rint(d . e_axis)
+        ea = et[axis][:, row]
+        ok &= np.rint(cand[0] * ea[0] + cand[1] * ea[1] + cand[2] * ea[2]) == qf[axis, row]
+    count = np.bincount(row[ok], minlength=q.shape[0])
+    return base.T.astype(np.int64), offsets[:, ok].T.astype(np.int64), count, np.cumsum(count) - count
 
 
+@cache
 def _index_model(count: int) -> tuple[float, ...]:
     """Probabilities of the candidate index (0..7, 8 = escape) given the number of candidates:
     equally likely (measured: 50/50 for two, 37/34/29 % for three); no candidate: the escape."""
@@ -183,25 +185,24 @@ class _Layout:
         order = np.argsort(self.depth, kind="stable")
         starts = np.searchsorted(self.depth[order], np.arange(1, int(self.depth.max(initial=0)) + 2))
         self.levels = []  # (plain rows, framed rows, their positions in rows)
-        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+        for lo, hi in itertools.pairwise(starts):
             at = order[lo:hi]
             framed = self.framed[at]
             self.levels.append((at[~framed], at[framed], position[at[framed]]))
 
     def groups(self) -> list[tuple[int, np.ndarray]]:
-        """(group key, positions) of every value group, in coding order; positions index the
-        concatenation of the value arrays of :meth:`_values` (see there)."""
-        k = self.rows.size
-        context = np.where(np.isin(self.atom, _OWN_CONTEXT), self.atom, 63)
+        """(group key, positions) of every value group, in key order; positions index the values
+        concatenated as :func:`encode_coordinates` lays them out (plain, CA, q0, q1/small, q2/big)."""
+        context = _CONTEXT[self.atom]
         keys = [np.full(self.plain.size * 3, _PLAIN * 64), np.full(self.chained_ca.size * 2, _CA_SMALL * 64),
                 np.full(self.chained_ca.size, _CA_BIG * 64), _R0 * 64 + context,
                 np.where(self.fixed, _R1, _SMALL) * 64 + context, np.where(self.fixed, _R2, _BIG) * 64 + context]
-        assert sum(len(x) for x in keys) == self.plain.size * 3 + self.chained_ca.size * 3 + 3 * k
-        allkeys = np.concatenate(keys).astype(np.int64)
-        order = np.argsort(allkeys, kind="stable")
-        uniq, starts = np.unique(allkeys[order], return_index=True)
-        bounds = [*starts[1:], order.size]
-        return [(int(u), order[s:t]) for u, s, t in zip(uniq, starts, bounds, strict=True)]
+        allkeys = np.concatenate(keys).astype(np.int16)
+        order = np.argsort(allkeys, kind="stable")  # radix sort
+        sizes = np.bincount(allkeys, minlength=8 * 64)
+        present = np.nonzero(sizes)[0]
+        bounds = np.cumsum(sizes[present])
+        return [(int(u), order[t - n : t]) for u, n, t in zip(present, sizes[present], bounds, strict=True)]
 
 
 def _families(key: int) -> tuple[int, ...]:
