@@ -5,8 +5,7 @@ frame (:mod:`storage.compact_model`), thousandths of an Angstrom: the medians of
 and of the q1/q2 circle radius, and whether the class is coded as fixed (q minus the reference) or
 free (a torsion: position on the circle). Measured once on the five AlphaFold DB v4 entries of
 ``tests/data/afdb`` (2,470 residues) with ``python -m benchmarks.compact_table``; classes absent there
-use (0, 0, 0, 0, free), which is lossless, only larger.
-
+(and OXT, seen once per chain) use (0, 0, 0, 0, free), which is lossless, only larger.
 """
 
 CLASS_TABLE: dict[int, tuple[int, int, int, int, int]] = {
@@ -158,4 +157,3 @@ CLASS_TABLE: dict[int, tuple[int, int, int, int, int]] = {
     709: (569, 1415, -10, 1422, 0),  # V CG1
     710: (554, 719, -1238, 1430, 1),  # V CG2
 }
-
