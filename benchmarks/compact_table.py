@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from storage.compact import CompactStructure
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "storage" / "compact_table.py"
@@ -40,7 +44,7 @@ CLASS_TABLE: dict[int, tuple[int, int, int, int, int]] = {
 '''
 
 
-def structures(accessions: list[str] | None = None) -> dict[str, object]:
+def structures(accessions: list[str] | None = None) -> dict[str, CompactStructure]:
     from benchmarks.storage_size import DATA, _accessions, _find, _read
     from storage.compact import quantize
     from storage.mmcif import read_modelcif
@@ -57,18 +61,18 @@ def _mad_bits(x: np.ndarray) -> float:
     return float(np.log2(2 * np.e * max(float(np.mean(np.abs(x - np.median(x)))), 0.5)))
 
 
-def derive(structs: dict[str, object]) -> dict[int, tuple[int, int, int, int, int]]:
+def derive(structs: dict[str, CompactStructure]) -> dict[int, tuple[int, int, int, int, int]]:
     from storage import compact
     from storage.compact_model import frame_components
     from storage.mmcif import ATOM_TYPES
 
     samples: dict[int, list[np.ndarray]] = {}
     for s in structs.values():
-        seq, mask = s.sequence, s.atom_mask  # type: ignore[attr-defined]
+        seq, mask = s.sequence, s.atom_mask
         ref, is_ca = compact._references(seq, mask)
         classes = compact._atom_classes(seq, mask)
         g, gg = compact._frames_for(3, seq, mask, ref, is_ca, classes)
-        rows, q, _ = frame_components(s.coords, ref, g, gg, is_ca)  # type: ignore[attr-defined]
+        rows, q, _ = frame_components(s.coords, ref, g, gg, is_ca)
         for c in np.unique(classes[rows]):
             samples.setdefault(int(c), []).append(q[classes[rows] == c])
     table = {}
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _leave_out(structs: dict[str, object], held: str) -> int:
+def _leave_out(structs: dict[str, CompactStructure], held: str) -> int:
     from storage import compact, compact_model
 
     train = derive({k: v for k, v in structs.items() if k != held})
@@ -128,8 +132,8 @@ def _leave_out(structs: dict[str, object], held: str) -> int:
                                                   dtype=np.int64)
         try:
             s = structs[held]
-            parts = compact.section_sizes(compact.encode_structure(s))  # type: ignore[arg-type]
-            sizes.append((parts["coordinates"] + parts["plddt"]) / len(s.sequence))  # type: ignore[attr-defined]
+            parts = compact.section_sizes(compact.encode_structure(s))
+            sizes.append((parts["coordinates"] + parts["plddt"]) / len(s.sequence))
         finally:
             compact_model._CLASS_ARRAY = full
     print(f"{held}: coordinates + pLDDT {sizes[0]:.2f} B/res with the committed table, "
