@@ -14,8 +14,9 @@ imported into a fresh atlas with ``foldatlas import``; then, per entry:
 
 Also measured (``options``): the alternatives considered for coordinates (absolute values, deltas
 along the file order, deltas to the bonded reference atom, local bond frames along the reference
-chain = format 1, with the backbone frames = format 2, stored), each zigzag + byte-shuffle + zstd
-19, and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless JPEG XL = format 2,
+chain = format 1, with the backbone frames = format 2, each zigzag + byte-shuffle + zstd 19; format
+3, stored: backbone and side-chain frames against built-in geometry, range coded, see
+:mod:`storage.compact_model`), and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless JPEG XL = format 2,
 stored); the import time and, per entry (fastest of 3), the decode time without the PAE, the PAE
 decode time, and record -> ModelCIF text (what ``foldatlas get`` does for an mmCIF).
 
@@ -88,7 +89,7 @@ def _parquet_shares(files: list[Path], key: str, tmp: Path) -> tuple[dict[str, f
 
 
 def _options(accession: str, data: Path) -> dict[str, Any]:
-    from storage import compact
+    from storage import compact, compact_model
     from storage.afdb_json import read_pae_json
     from storage.compact_geometry import chain_frames, encode_coordinates
     from storage.compact_pae import encode_pae_image, pae_deltas
@@ -107,14 +108,18 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
     def frames(g_gg: tuple[np.ndarray, np.ndarray]) -> float:
         return sum(size(s) for s in encode_coordinates(q.coords, ref, *g_gg, is_ca, classes)) / n
 
+    def range_coded() -> float:
+        g, gg = compact._frames_for(3, q.sequence, q.atom_mask, ref, is_ca, classes)
+        return (len(compact_model.encode_coordinates(q.coords, ref, g, gg, is_ca, classes)) + 9) / n  # + header
+
     return {
         "coordinates_bytes_per_residue": {
             "absolute": size(q.coords) / n,
             "delta_file_order": size(np.diff(q.coords, axis=0, prepend=0)) / n,
             "delta_bonded_reference": size(compact._coordinate_deltas(q.coords, ref)) / n,
             "local_frame_chain (format 1)": frames(chain_frames(ref, is_ca)),
-            "local_frame_backbone (format 2, stored)": frames(compact._backbone_frames(q.sequence, q.atom_mask, ref,
-                                                                                        is_ca)),
+            "local_frame_backbone (format 2)": frames(compact._backbone_frames(q.sequence, q.atom_mask, ref, is_ca)),
+            "local_frame_sidechain_range_coded (format 3, stored)": range_coded(),
         },
         "pae_bytes_per_residue2": {
             "raw": size(pae) / n**2,

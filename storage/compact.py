@@ -15,8 +15,8 @@ the sequence does not imply:
   unknown residues) falls back to an explicit packed atom mask;
 * a small JSON object (``meta``) for the rest: sequence, max PAE, pTM, model and provenance.
 
-Encoding (format version 2, written; format 1 is still read)
--------------------------------------------------------------
+Encoding (format version 3, written; formats 1 and 2 are still read)
+----------------------------------------------------------------------
 Coordinates (:mod:`storage.compact_geometry`): each atom has a bonded *reference* atom known to
 the decoder first: CA the previous residue's CA, N/C/CB their residue's CA, O/OXT their C,
 side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference P has two more
@@ -27,14 +27,26 @@ are stored as differences to their reference. The frame atoms are, in format 1, 
 own reference and its reference (for N, C, CB: the two previous CAs); format 2 keeps that for
 side chains but gives the backbone frames in which its geometry is nearly fixed
 (:func:`_backbone_frames`): C(i) in (CA(i+1), CA(i-1)), N(i) in (CA(i-1), C(i-1)) (trans peptide
-plane), O(i) in (CA(i), N(i+1)) and CB(i) in (N(i), C(i)) (8 % fewer coordinate bytes). Every
-integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest byte width,
-byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd level 19.
-pLDDT: differences along the chain, same integer coding. PAE (:mod:`storage.compact_pae`): format
-2 a lossless JPEG XL greyscale image, format 1 2-D differences (each value minus its upper and left
-neighbours plus the upper-left one) in the integer coding. Decoding is vectorised: cumulative sums
-along the chain, the atoms level by level (a level = one more than every atom it uses), and the
-PAE only when asked for (:func:`decode_structure` ``pae=False``, :func:`decode_pae`).
+plane), O(i) in (CA(i), N(i+1)) and CB(i) in (N(i), C(i)) (8 % fewer coordinate bytes). Formats
+1-2 zigzag code every integer stream (signed -> unsigned), narrow it to the smallest byte width,
+byte-shuffle it (all low bytes, then all second bytes, ...) and compress it with zstd level 19;
+pLDDT: differences along the chain, same integer coding.
+
+Format 3 (:mod:`storage.compact_model`) keeps those frames and adds side-chain ones (atoms bonded
+to CB in the (CB, CA, N) frame, second branches such as Leu CD2 in a frame through their sibling,
+where they are fixed), stores each frame component against a built-in per-class geometry
+(:mod:`storage.compact_table`, no table in the record), replaces the correction by the index of
+the bond vector among the few integer points that round to the same frame components (almost
+always one or two), codes the CA steps against the 3.8 A sphere, and range codes everything,
+pLDDT differences too, with one-byte models chosen per group of values
+(:mod:`storage.compact_entropy`, ``constriction``). Coordinates + pLDDT: 25.3-26.9 B per residue
+on the five AFDB entries of ``tests/data/afdb`` (format 2: 31.6-38.8).
+
+PAE (:mod:`storage.compact_pae`): formats 2-3 a lossless JPEG XL greyscale image, format 1 2-D
+differences (each value minus its upper and left neighbours plus the upper-left one) in the integer
+coding. Decoding is vectorised: cumulative sums along the chain, the atoms level by level (a level
+= one more than every atom it uses), and the PAE only when asked for (:func:`decode_structure`
+``pae=False``, :func:`decode_pae`).
 
 Byte layout (little-endian)::
 
@@ -42,13 +54,14 @@ Byte layout (little-endian)::
 
 flags: bit 0 = explicit atom mask section present, bit 1 = OXT on the last residue (template
 mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | bytes``
-(``width`` 0 = opaque bytes, else bytes per integer; the bytes are zstd frames, except the format 2
-PAE section: ``width`` 1 or 2 = bytes per sample, ``count`` L*L, the JPEG XL codestream as is).
-Sections in order: meta JSON, [mask bits], the seven coordinate streams of
-:func:`storage.compact_geometry.encode_coordinates` (plain deltas, class table (q0 offset, radius),
-q0 - offset, small component, quadrant code, big component's residual, correction), pLDDT (L),
-[PAE]. A new version must keep :data:`READABLE_VERSIONS` reading every older one (atlases keep
-their records).
+(``width`` 0 = opaque bytes, else bytes per integer; the bytes are zstd frames, except the PAE
+section of formats 2-3: ``width`` 1 or 2 = bytes per sample, ``count`` L*L, the JPEG XL codestream
+as is, and the format 3 coordinate and pLDDT sections: ``width`` 0, ``count`` n_atoms or L, the
+model bytes and range-coded words as is). Sections in order: meta JSON, [mask bits], coordinates
+(formats 1-2: the seven streams of :func:`storage.compact_geometry.encode_coordinates`: plain
+deltas, class table (q0 offset, radius), q0 - offset, small component, quadrant code, big
+component's residual, correction; format 3: one section), pLDDT, [PAE]. A new version must keep
+:data:`READABLE_VERSIONS` reading every older one (atlases keep their records).
 """
 
 from __future__ import annotations
@@ -63,7 +76,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from storage.compact_geometry import chain_frames, decode_coordinates, encode_coordinates, stream_sizes
+from storage import compact_model
+from storage.compact_geometry import chain_frames, decode_coordinates, stream_sizes
 from storage.compact_pae import decode_pae_image, encode_pae_image, undo_pae_deltas
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
 
@@ -85,9 +99,9 @@ __all__ = [
 ]
 
 MAGIC = b"FAC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this reader decodes (records written by older FoldAtlas releases stay readable).
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 _INDEX = {name: i for i, name in enumerate(_ATOM37)}
 _CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
@@ -133,19 +147,31 @@ _FLAG_MASK, _FLAG_OXT, _FLAG_PAE = 1, 2, 4
 _HEADER = struct.Struct("<3sBBII")
 _SECTION = struct.Struct("<BII")
 _ZSTD_LEVEL = 19
-_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates
+_COORDINATE_STREAMS = 7  # storage.compact_geometry.encode_coordinates (formats 1, 2)
 _MAX_COORD = 2**31 - 1  # int32 thousandths: +-2,147,483.647 Angstrom
+
+
+def _restypes(sequence: str) -> np.ndarray:
+    """Residue type index (into _RESTYPES) of each letter; -1 for any other character."""
+    if not sequence.isascii():
+        return np.array([_RESTYPE_INDEX.get(c, -1) for c in sequence], dtype=np.int64)
+    return _RESTYPE_OF_BYTE[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
+
+
+_RESTYPE_OF_BYTE = np.full(256, -1, dtype=np.int64)
+_RESTYPE_OF_BYTE[[ord(c) for c in _RESTYPES]] = np.arange(len(_RESTYPES))
+_TEMPLATE = np.zeros((len(_RESTYPES), len(_ATOM37)), dtype=bool)
+for _r, _letter in enumerate(_RESTYPES):
+    _TEMPLATE[_r, [_INDEX[n] for n in ("N", "CA", "C", "O", *RESIDUE_ATOMS[_letter])]] = True
 
 
 def template_atom_mask(sequence: str, oxt: bool = False) -> np.ndarray:
     """bool (L, 37): the standard heavy atoms of each residue (plus OXT on the last if ``oxt``)."""
-    mask = np.zeros((len(sequence), len(_ATOM37)), dtype=bool)
-    backbone = [_INDEX[n] for n in ("N", "CA", "C", "O")]
-    for i, letter in enumerate(sequence):
-        if letter not in RESIDUE_ATOMS:
-            raise ValueError(f"residue {i + 1} is {letter!r}: only the 20 standard letters and X are stored")
-        mask[i, backbone] = True
-        mask[i, [_INDEX[n] for n in RESIDUE_ATOMS[letter]]] = True
+    restype = _restypes(sequence)
+    if (restype < 0).any():
+        i = int(np.argmax(restype < 0))
+        raise ValueError(f"residue {i + 1} is {sequence[i]!r}: only the 20 standard letters and X are stored")
+    mask = _TEMPLATE[restype]
     if oxt and len(sequence):
         mask[-1, _OXT] = True
     return mask
@@ -272,6 +298,14 @@ class _Reader:
         self.pos += stored
         return width, count, chunk
 
+    def opaque(self, expected: int) -> bytes:
+        """The stored bytes of the next format 3 entropy-coded section (``count`` must be ``expected``)."""
+        width, count, chunk = self.raw()
+        if width != 0 or count != expected:
+            raise ValueError(f"compact record: expected an entropy-coded section of {expected} values, "
+                             f"found {count} (width {width})")
+        return chunk
+
     def section(self) -> tuple[int, int, bytes]:
         """(width, count, decompressed bytes) of the next zstd section."""
         width, count, chunk = self.raw()
@@ -300,7 +334,8 @@ class _Reader:
 
 def _references(sequence: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ref, is_ca) per stored atom: ref = stored index of the reference atom, -1 = absolute."""
-    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    restype = _restypes(sequence)
+    restype[restype < 0] = _RESTYPE_INDEX["X"]
     stored_index = np.full(mask.shape, -1, dtype=np.int64)
     stored_index[mask] = np.arange(int(mask.sum()))
     res, atom = np.nonzero(mask)
@@ -349,7 +384,8 @@ def _coordinate_deltas(coords: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
     """(residue type, atom37 index) of each stored atom as one integer: restype * 37 + atom."""
-    restype = np.array([_RESTYPE_INDEX.get(c, _RESTYPE_INDEX["X"]) for c in sequence], dtype=np.int64)
+    restype = _restypes(sequence)
+    restype[restype < 0] = _RESTYPE_INDEX["X"]
     res, atom = np.nonzero(mask)
     return restype[res] * len(_ATOM37) + atom
 
@@ -359,9 +395,22 @@ def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    return _backbone_frames(sequence, mask, ref, is_ca) if version >= 2 else chain_frames(ref, is_ca)
+def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray,
+                classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if version == 1:
+        return chain_frames(ref, is_ca)
+    g, gg = _backbone_frames(sequence, mask, ref, is_ca)
+    return compact_model.sidechain_frames(mask, classes, ref, g, gg) if version >= 3 else (g, gg)
+
+
+def _coordinate_sections(version: int) -> int:
+    """Sections holding coordinates and pLDDT: format 1-2 seven integer streams + pLDDT, format 3 two."""
+    return 2 if version >= 3 else _COORDINATE_STREAMS + 1
+
+
+def _opaque_section(count: int, payload: bytes) -> bytes:
+    """A format 3 entropy-coded section: width 0, stored as is (no zstd)."""
+    return _SECTION.pack(0, count, len(payload)) + payload
 
 
 def _pae_section(pae: np.ndarray) -> bytes:
@@ -386,14 +435,15 @@ def encode_structure(structure: CompactStructure) -> bytes:
                       allow_nan=False).encode()
     coords = np.asarray(structure.coords, dtype=np.int64)
     ref, is_ca = _references(seq, mask)
-    g, gg = _frames_for(FORMAT_VERSION, seq, mask, ref, is_ca)
+    classes = _atom_classes(seq, mask)
+    g, gg = _frames_for(FORMAT_VERSION, seq, mask, ref, is_ca, classes)
     parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(seq), coords.shape[0]), _section(0, len(meta), meta)]
     if flags & _FLAG_MASK:
         bits = np.packbits(mask.ravel()).tobytes()
         parts.append(_section(0, len(bits), bits))
-    streams = encode_coordinates(coords, ref, g, gg, is_ca, _atom_classes(seq, mask))
-    parts += [_int_section(stream) for stream in streams]
-    parts.append(_int_section(np.diff(np.asarray(structure.plddt, dtype=np.int64), prepend=0)))
+    plddt = np.asarray(structure.plddt, dtype=np.int64)
+    parts.append(_opaque_section(coords.shape[0], compact_model.encode_coordinates(coords, ref, g, gg, is_ca, classes)))
+    parts.append(_opaque_section(len(seq), compact_model.encode_plddt(plddt)))
     if structure.pae is not None:
         parts.append(_pae_section(np.asarray(structure.pae, dtype=np.int64)))
     record = b"".join(parts)
@@ -446,11 +496,15 @@ def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:
     if int(mask.sum()) != n_atoms:
         raise ValueError(f"compact record: {n_atoms} atoms in the header, {int(mask.sum())} in the mask")
     ref, is_ca = _references(sequence, mask)
-    g, gg = _frames_for(version, sequence, mask, ref, is_ca)
     classes = _atom_classes(sequence, mask)
-    streams = [reader.ints(size) for size in stream_sizes(ref, g, gg, is_ca, classes)]
-    coords = decode_coordinates(streams, ref, g, gg, is_ca, classes)
-    plddt = np.cumsum(reader.ints(n))
+    g, gg = _frames_for(version, sequence, mask, ref, is_ca, classes)
+    if version >= 3:
+        coords = compact_model.decode_coordinates(reader.opaque(n_atoms), ref, g, gg, is_ca, classes)
+        plddt = compact_model.decode_plddt(reader.opaque(n), n)
+    else:
+        streams = [reader.ints(size) for size in stream_sizes(ref, g, gg, is_ca, classes)]
+        coords = decode_coordinates(streams, ref, g, gg, is_ca, classes)
+        plddt = np.cumsum(reader.ints(n))
     pae_values = None
     if flags & _FLAG_PAE:
         if pae:
@@ -473,7 +527,7 @@ def decode_pae(data: bytes) -> np.ndarray | None:
     if not flags & _FLAG_PAE:
         return None
     reader = _Reader(data, _HEADER.size)
-    for _ in range(1 + bool(flags & _FLAG_MASK) + _COORDINATE_STREAMS + 1):  # meta, [mask], coordinates, pLDDT
+    for _ in range(1 + bool(flags & _FLAG_MASK) + _coordinate_sections(version)):  # meta, [mask], coordinates, pLDDT
         reader.raw()
     values = _read_pae(reader, version, n)
     if reader.pos != len(data):
@@ -483,8 +537,9 @@ def decode_pae(data: bytes) -> np.ndarray | None:
 
 def section_sizes(data: bytes) -> dict[str, int]:
     """Stored bytes of each part of a record (header, meta, mask, coordinates, plddt, pae)."""
-    _, flags, _, _ = _header(data)
-    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * _COORDINATE_STREAMS, "plddt",
+    version, flags, _, _ = _header(data)
+    names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * (_coordinate_sections(version) - 1),
+             "plddt",
              *(["pae"] if flags & _FLAG_PAE else [])]
     sizes, pos = {"header": _HEADER.size}, _HEADER.size
     for name in names:

@@ -177,27 +177,70 @@ def _afdb_structure(accession: str) -> CompactStructure:
     return quantize(contents.sequence, contents.atom_positions, contents.atom_mask, contents.plddt, pae.pae)
 
 
-def _assert_equals_afdb_files(back: CompactStructure, accession: str) -> None:
+def _assert_equals_afdb_files(back: CompactStructure, accession: str, pae: bool = True) -> None:
     cif_text = (AFDB / f"AF-{accession}-F1-model_v4.cif").read_text()
     original = _atom_site_text(cif_text)
     assert [tuple(f"{v / 1000:.3f}" for v in atom) for atom in back.coords] == [row[2:5] for row in original]
     res_of_atom = np.nonzero(back.atom_mask)[0]
     assert [f"{back.plddt[r] / 100:.2f}" for r in res_of_atom] == [row[5] for row in original]
+    if not pae:
+        assert back.pae is None
+        return
     pae_bytes = (AFDB / f"AF-{accession}-F1-predicted_aligned_error_v4.json").read_bytes()
     assert back.pae is not None and back.pae.tolist() == json.loads(pae_bytes)[0]["predicted_aligned_error"]
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("accession", ["O05023", "P00221"])
-def test_format_1_records_still_decode_exactly(accession: str) -> None:
-    """Records written by format 1 (already in atlases) decode to the AFDB files' values."""
-    record = (DATA / "compact" / f"AF-{accession}-F1.v1.fac").read_bytes()
-    assert record[3] == 1 != FORMAT_VERSION
+def test_older_format_records_still_decode_exactly(accession: str, version: int) -> None:
+    """Records written by formats 1 and 2 (already in atlases) decode to the AFDB files' values."""
+    record = (DATA / "compact" / f"AF-{accession}-F1.v{version}.fac").read_bytes()
+    assert record[3] == version != FORMAT_VERSION
     back = decode_structure(record)
     _assert_equals_afdb_files(back, accession)
-    assert dict(back.meta) == {"note": "format 1 fixture"}
+    assert dict(back.meta) == {"note": f"format {version} fixture"}
     assert back.pae is not None and np.array_equal(decode_pae(record), back.pae)
     stored = read_record(record)
     assert stored.has_pae and stored.pae is not None and stored.pae.tolist() == back.pae.tolist()
+
+
+@pytest.mark.parametrize("accession", ["O05023", "P00221"])
+def test_format_3_records_decode_exactly_and_encode_the_same(accession: str) -> None:
+    """Format 3 fixtures (no PAE) decode to the AFDB files' values, and today's encoder writes the
+    same coordinate and pLDDT bytes: the range coder's models must not drift (library upgrade,
+    platform), or stored records would no longer decode."""
+    record = (DATA / "compact" / f"AF-{accession}-F1.v3.fac").read_bytes()
+    assert record[3] == 3
+    back = decode_structure(record)
+    _assert_equals_afdb_files(back, accession, pae=False)
+    assert dict(back.meta) == {"note": "format 3 fixture"} and decode_pae(record) is None
+    again = encode_structure(CompactStructure(back.sequence, back.atom_mask, back.coords, back.plddt, None,
+                                              {"note": "format 3 fixture"}))
+    if FORMAT_VERSION == 3:
+        assert again == record
+
+
+def test_format_3_escapes_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bond vectors missing from their candidate list are coded explicitly (the escape path)."""
+    from storage import compact_model
+
+    structure = _afdb_structure("O05023")
+    monkeypatch.setattr(compact_model, "_BALL", 0.1)  # drops most true candidates, in encoder and decoder
+    back = decode_structure(encode_structure(structure))
+    np.testing.assert_array_equal(back.coords, structure.coords)
+
+
+def test_corrupt_coordinate_bytes_are_refused() -> None:
+    structure = _afdb_structure("O05023")
+    record = encode_structure(structure)
+    sizes = section_sizes(record)
+    start = sizes["header"] + sizes["meta"] + 9  # the coordinate section's payload
+    rng = np.random.default_rng(5)
+    for pos in rng.integers(start, start + sizes["coordinates"] - 9, 40):
+        bad = bytearray(record)
+        bad[pos] ^= 0x5A
+        with pytest.raises(ValueError, match="compact record"):
+            decode_structure(bytes(bad), pae=False)
 
 
 @pytest.mark.parametrize("accession", ENTRIES)
