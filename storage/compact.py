@@ -64,7 +64,8 @@ import numpy as np
 import pyarrow as pa
 
 from storage.compact_geometry import chain_frames, decode_coordinates, encode_coordinates, stream_sizes
-from storage.compact_pae import decode_pae_image, encode_pae_image, undo_pae_deltas
+from storage import compact_pae
+from storage.compact_pae import decode_pae_image, undo_pae_deltas
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ __all__ = [
 ]
 
 MAGIC = b"FAC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this reader decodes (records written by older FoldAtlas releases stay readable).
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 _INDEX = {name: i for i, name in enumerate(_ATOM37)}
 _CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
@@ -368,8 +369,8 @@ def _pae_section(pae: np.ndarray) -> bytes:
     n = pae.shape[0]
     if n == 0:
         return _SECTION.pack(1, 0, 0)
-    width, image = encode_pae_image(pae)
-    return _SECTION.pack(width, n * n, len(image)) + image
+    codec, payload = compact_pae.encode_pae(pae)  # format 3: the width byte is the codec
+    return _SECTION.pack(codec, n * n, len(payload)) + payload
 
 
 def encode_structure(structure: CompactStructure) -> bytes:
@@ -415,10 +416,12 @@ def _header(data: bytes) -> tuple[int, int, int, int]:
 def _read_pae(reader: _Reader, version: int, n: int) -> np.ndarray:
     if version == 1:
         return undo_pae_deltas(reader.ints(n * n).reshape(n, n))
-    width, count, image = reader.raw()
-    if count != n * n or width not in (1, 2):
-        raise ValueError(f"compact record: PAE section holds {count} values of width {width}, expected {n * n}")
-    return decode_pae_image(image, width, n) if n else np.zeros((0, 0), dtype=np.int64)
+    codec, count, payload = reader.raw()  # format 2: codec = JPEG XL sample width 1 or 2
+    if count != n * n or codec not in (compact_pae.PAE_CODECS if version >= 3 else (1, 2)):
+        raise ValueError(f"compact record: PAE section holds {count} values of codec/width {codec}, expected {n * n}")
+    if not n:
+        return np.zeros((0, 0), dtype=np.int64)
+    return compact_pae.decode_pae(payload, codec, n) if version >= 3 else decode_pae_image(payload, codec, n)
 
 
 def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:

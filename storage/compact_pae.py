@@ -26,9 +26,23 @@ import struct
 import zlib
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
-__all__ = ["decode_pae_image", "encode_pae_image", "pae_deltas", "undo_pae_deltas"]
+__all__ = [
+    "CODEC_CONTEXT",
+    "CODEC_JPEGXL_8",
+    "CODEC_JPEGXL_16",
+    "CONTEXT_MAX_VALUE",
+    "PAE_CODECS",
+    "decode_pae",
+    "decode_pae_context",
+    "decode_pae_image",
+    "encode_pae",
+    "encode_pae_context",
+    "encode_pae_image",
+    "pae_deltas",
+    "undo_pae_deltas",
+]
 
 _SMALL_EFFORT, _LARGE_EFFORT, _SMALL_SIZE = 9, 7, 256
 
@@ -62,6 +76,42 @@ def decode_pae_image(data: bytes, width: int, n: int) -> np.ndarray:
     return image.astype(np.int64)
 
 
+#: PAE codecs of format 3 records (the PAE section's ``width`` byte): lossless JPEG XL with 8- or
+#: 16-bit samples (what format 2 always uses; the byte is then the sample width) and the context
+#: coder (:func:`encode_pae_context`).
+CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT = 1, 2, 3
+PAE_CODECS = (CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT)
+_JPEGXL_TRIED_UP_TO = 256  # residues: JPEG XL is also tried there (tens of ms), the smaller kept
+
+
+def encode_pae(pae: np.ndarray) -> tuple[int, bytes]:
+    """(codec, bytes) of an (L, L) integer matrix with values 0-65535, L >= 1 (format 3).
+
+    The context coder when every value is within 0-63; up to 256 residues (or when the context
+    coder cannot take the values) lossless JPEG XL too, keeping the smaller.
+    """
+    values = np.asarray(pae, dtype=np.int64)
+    candidates = []
+    if int(values.max(initial=0)) <= CONTEXT_MAX_VALUE:
+        candidates.append((CODEC_CONTEXT, encode_pae_context(values)))
+    if not candidates or values.shape[0] <= _JPEGXL_TRIED_UP_TO:
+        candidates.append(encode_pae_image(values))
+    return min(candidates, key=lambda candidate: len(candidate[1]))
+
+
+def decode_pae(data: bytes, codec: int, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_pae`: int64 (n, n), n >= 1.
+
+    Raises:
+        ValueError: unknown codec, or bytes that do not decode to an (n, n) matrix.
+    """
+    if codec == CODEC_CONTEXT:
+        return decode_pae_context(data, n)
+    if codec in (CODEC_JPEGXL_8, CODEC_JPEGXL_16):
+        return decode_pae_image(data, codec, n)
+    raise ValueError(f"compact record: unknown PAE codec {codec}")
+
+
 def pae_deltas(pae: np.ndarray) -> np.ndarray:
     """Format 1: each value minus its upper and left neighbours plus the upper-left one."""
     return np.diff(np.diff(pae, axis=0, prepend=0), axis=1, prepend=0)
@@ -78,7 +128,7 @@ def undo_pae_deltas(deltas: np.ndarray) -> np.ndarray:
 
 #: Causal neighbours (row, column offsets) of the linear predictor: N, W, NW, NE, NN, WW, NNE, NNW,
 #: NWW, NNEE, NNN, WWW, NNWW, NNNW, NWWW, NNNE. Every offset has 2*row + column < 0, so it lies on
-#: an earlier wavefront of the coding order (see :func:`_wavefronts`).
+#: an earlier wavefront of the coding order (see :class:`_Layout`).
 _OFFSETS = ((-1, 0), (0, -1), (-1, -1), (-1, 1), (-2, 0), (0, -2), (-2, 1), (-2, -1), (-1, -2), (-2, 2),
             (-3, 0), (0, -3), (-2, -2), (-3, -1), (-1, -3), (-3, 1))
 #: Local activity: |N - NW| + |W - NW| + |NE - N| + |N - NN| + |W - WW| (indices into _OFFSETS),
@@ -88,109 +138,178 @@ _ACTIVITY_EDGES = (0, 1, 2, 3, 4, 6, 8, 11, 15, 20)
 _ACTIVITY_CLASS = np.searchsorted(np.array(_ACTIVITY_EDGES), np.arange(65), side="right")
 _SHIFT = 12  # predictor weights and predictions in units of 2**-12
 _PAD = 3  # border cells around the matrix (the farthest offset)
+_STRIP_HEIGHT = 128  # rows per strip (at least; n // 128 strips)
+_BLOCK = (4, 6)  # the neighbourhood read per value: rows -3..0, columns -3..+2
 _PRIOR, _STEP = 256, 64  # adaptive counts: initial 1 + PRIOR >> |residual|, STEP per coded value
 CONTEXT_MAX_VALUE = 63  # the context coder's alphabet limit (AFDB PAE: 0-31)
 _CONTEXT_HEADER = struct.Struct("<BI")  # max value, CRC-32 of the matrix (uint8, row-major)
 
 
-def _wavefronts(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(padded flat index of each value in coding order, wavefront bounds): wavefront t = 2i + j.
+class _Layout:
+    """Coding order, border cells and strided views of an n x n matrix cut into horizontal strips.
 
-    All values of a wavefront depend only on earlier ones, so each is modelled and coded as one
-    vectorised batch (3n - 2 batches instead of n^2 single values).
+    The rows are cut into ``strips`` strips of ``height`` rows (n // 128 strips; the last one may
+    have fewer rows), coded side by side; within a strip, value (r, j) (r: row in the strip) is on
+    wavefront t = 2r + j. A value depends only on values of earlier wavefronts of its own strip
+    (every neighbour offset has 2 * row + column < 0), so each wavefront of all strips is modelled
+    and coded as one vectorised batch, strip by strip, rows in order: 2 * height + n - 2 batches
+    instead of n^2 single values. Each strip is stored with ``_PAD`` border rows above it and
+    border columns either side, in one flat float64 array (``values``, exact small integers):
+    the left border of row r holds the value above its first column until that is coded, then
+    (r, 0); the right border (r, n - 1); the top border at column c: (0, c - 3), so the first row
+    of a strip predicts from its own left values (:meth:`fill_borders`, run by encoder and decoder
+    alike after each wavefront). A batch's cells and their 4 x 6 neighbourhoods are strided views
+    of that array (:meth:`views`), read and written without index arrays.
     """
-    t = np.arange(3 * n - 2)
-    lo, hi = np.maximum(0, (t - n + 2) // 2), np.minimum(n - 1, t // 2)
-    counts = hi - lo + 1
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    i = np.repeat(lo, counts) + np.arange(n * n) - np.repeat(bounds[:-1], counts)
-    j = np.repeat(t, counts) - 2 * i
-    return (i + _PAD) * (n + 2 * _PAD) + j + _PAD, bounds
 
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.strips = max(1, n // _STRIP_HEIGHT)
+        self.height = h = -(-n // self.strips)
+        last = n - (self.strips - 1) * h  # rows of the last strip
+        self.stride = n + 2 * _PAD
+        self.strip_size = (h + _PAD) * self.stride
+        t = np.arange(2 * h + n - 2)
+        self.low = np.maximum(0, (t - n + 2) // 2)
+        self.rows = np.minimum(h - 1, t // 2) - self.low + 1
+        self.last_rows = np.maximum(0, np.minimum(np.minimum(h - 1, t // 2), last - 1) - self.low + 1)
+        self.bounds = np.concatenate([[0], np.cumsum((self.strips - 1) * self.rows + self.last_rows)])
 
-def _fill_borders(values: np.ndarray, t: int, n: int) -> None:
-    """After wavefront t: copy just-coded values into the border cells later wavefronts read.
+    def new_values(self) -> np.ndarray:
+        return np.zeros(self.strips * self.strip_size, dtype=np.float64)
 
-    Left border of row i: the value above its first column until that is coded, then (i, 0);
-    right border of row i: (i, n - 1); the top border at column c: (0, c - 3), so the first row
-    predicts from its own left values. Encoder and decoder run the same rules.
-    """
-    stride = n + 2 * _PAD
-    if t < n and t + 3 < n + _PAD:
-        values[t + 3 + _PAD : _PAD * stride : stride] = values[_PAD * stride + t + _PAD]
-    if t % 2 == 0 and t // 2 < n:
-        row = (t // 2 + _PAD) * stride
-        values[row : row + _PAD] = values[row + _PAD]
-        if t // 2 + 1 < n:
-            values[row + stride : row + stride + _PAD] = values[row + _PAD]
-    if t >= n - 1 and (t - n + 1) % 2 == 0:
-        last = ((t - n + 1) // 2 + _PAD) * stride + _PAD + n - 1
-        values[last + 1 : last + 1 + _PAD] = values[last]
+    def batches(self) -> range:
+        return range(len(self.bounds) - 1)
+
+    def views(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(blocks, cells): blocks[t, s, r] = the 4 x 6 cells from 3 rows above and 3 columns left
+        of value (r, t - 2r) of strip s (its 16 neighbours among them), cells[t, s, r] = that value.
+
+        Views of ``values`` (which must be :meth:`new_values`): only the (t, s, r) of a batch are
+        ever read or written, all inside the array.
+        """
+        item = values.itemsize
+        steps = (item, self.strip_size * item, (self.stride - 2) * item)
+        shape = (len(self.rows), self.strips, self.height)
+        rows, cols = _BLOCK
+        blocks = as_strided(values, shape=(*shape, rows, cols), strides=(*steps, self.stride * item, item),
+                            writeable=False)
+        cells = as_strided(values[_PAD * self.stride + _PAD :], shape=shape, strides=steps)
+        return blocks, cells
+
+    def read(self, blocks: np.ndarray, t: int) -> np.ndarray:
+        """(m, 24) neighbourhoods of batch t, in coding order (a copy)."""
+        low, rows = self.low[t], self.rows[t]
+        found = blocks[t, :, low : low + rows].reshape(self.strips * rows, -1)
+        return found[: self.bounds[t + 1] - self.bounds[t]]
+
+    def write(self, cells: np.ndarray, t: int, coded: np.ndarray) -> None:
+        low, rows, last = self.low[t], self.rows[t], self.last_rows[t]
+        full = (self.strips - 1) * rows
+        cells[t, : self.strips - 1, low : low + rows] = coded[:full].reshape(self.strips - 1, rows)
+        cells[t, self.strips - 1, low : low + last] = coded[full:]
+
+    def order(self) -> np.ndarray:
+        """Row-major matrix index of each value in coding order."""
+        index = self.new_values()
+        _, cells = self.views(index)
+        grid = index.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        rows = np.zeros((self.strips * self.height, self.n))
+        rows[: self.n] = np.arange(self.n * self.n).reshape(self.n, self.n)
+        grid[...] = rows.reshape(self.strips, self.height, self.n)
+        return np.concatenate([self.read(cells[..., None, None], t).ravel() for t in self.batches()]).astype(np.int64)
+
+    def matrix(self, values: np.ndarray) -> np.ndarray:
+        grid = values.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        return grid.reshape(-1, self.n)[: self.n].astype(np.int64)
+
+    def fill_borders(self, values: np.ndarray, t: int) -> None:
+        """After wavefront t: copy just-coded values into the border cells later wavefronts read."""
+        grid = values.reshape(self.strips, self.height + _PAD, self.stride)
+        n, h = self.n, self.height
+        if t + 3 < n + _PAD and t < n:
+            grid[:, :_PAD, t + 3 + _PAD] = grid[:, _PAD, t + _PAD, None]
+        if t % 2 == 0 and t // 2 < h:
+            row = t // 2 + _PAD
+            grid[:, row : row + 2, :_PAD] = grid[:, row, _PAD, None, None]
+        if t >= n - 1 and (t - n + 1) % 2 == 0 and (t - n + 1) // 2 < h:
+            row = (t - n + 1) // 2 + _PAD
+            grid[:, row, _PAD + n :] = grid[:, row, _PAD + n - 1, None]
 
 
 def _linear_maps(weights: np.ndarray) -> np.ndarray:
-    """(K, 6) integer matrix: neighbours -> (prediction * 2**12, the five activity differences)."""
-    maps = np.zeros((len(_OFFSETS), 1 + len(_ACTIVITY_PAIRS)), dtype=np.int64)
-    maps[:, 0] = weights
+    """(24, 6) float64: a 4 x 6 neighbourhood (:meth:`_Layout.views`) -> (prediction * 2**12,
+    the five activity differences).
+
+    The products are exact: every product and partial sum is an integer far below 2**53 (values
+    <= 63, weights within int16, 16 terms), so any summation order or fused multiply-add (BLAS)
+    gives the same doubles on every platform, and the conversion to integers is exact.
+    """
+    maps = np.zeros((*_BLOCK, 1 + len(_ACTIVITY_PAIRS)))
+    cell = [(_BLOCK[0] - 1 + di, _PAD + dj) for di, dj in _OFFSETS]
+    for k, at in enumerate(cell):
+        maps[at][0] = weights[k]
     for column, (a, b) in enumerate(_ACTIVITY_PAIRS, start=1):
-        maps[a, column] += 1
-        maps[b, column] -= 1
-    return maps
+        maps[cell[a]][column] += 1
+        maps[cell[b]][column] -= 1
+    return maps.reshape(_BLOCK[0] * _BLOCK[1], -1)
 
 
 class _Model:
     """The context model of one matrix: maps a value's linear features to its count window.
 
-    The prediction (units of 2**-12) in quarters q gives an origin (its integer part) and a phase
-    (the quarter); phases 2 and 3 are mirrored onto 1 and 0 (origin + 1, residual sign flipped),
-    so a context is (activity class, distance of the prediction from the nearest integer,
-    halved): 22 contexts. Each context's counts over the residuals -vmax..vmax are kept twice in
-    the count table, forward and then (second half) reversed, so the probabilities of the values
-    0..vmax are one contiguous window in either orientation (:meth:`probabilities`). The tables
-    below hold everything that depends on q (clipped to the origins 0..vmax) or on the activity.
+    The prediction (units of 2**-12) in quarters q gives an origin (its integer part, clipped to
+    0..vmax) and a phase (the quarter); phases 2 and 3 are mirrored onto 1 and 0 (origin + 1,
+    residual sign flipped), so a context is (activity class, distance of the prediction from the
+    nearest integer, halved): 22 contexts. Each context's counts over the residuals -vmax..vmax
+    are kept twice in the count table, forward and then (second half) reversed, so the
+    probabilities of the values 0..vmax are one contiguous window in either orientation
+    (:meth:`probabilities`). The tables hold everything that depends on q or on the activity,
+    over every value these can take with these weights (no clipping per value).
     """
 
-    def __init__(self, vmax: int) -> None:
-        self.vmax, self.half = vmax, (len(_ACTIVITY_EDGES) + 1) * 2 * (2 * vmax + 1)
-        q = np.arange(-4, 4 * vmax + 8)
+    def __init__(self, vmax: int, weights: np.ndarray) -> None:
+        self.vmax, width = vmax, 2 * vmax + 1
+        self.half = (len(_ACTIVITY_EDGES) + 1) * 2 * width
+        self.q_low = -((int(np.abs(weights).sum()) * vmax) >> (_SHIFT - 2)) - 1
+        q = np.arange(self.q_low, -self.q_low + 1)
         phase, up = q & 3, (q & 3) >> 1
         origin = np.minimum(np.maximum((q >> 2) + up, 0), vmax)
-        centre = (phase ^ (3 * up)) * (2 * vmax + 1) + vmax
+        centre = (phase ^ (3 * up)) * width + vmax
         self.start = centre - origin + up * self.half
         self.mirror = 2 * centre + self.half
-        self.activity = _ACTIVITY_CLASS * 2 * (2 * vmax + 1)
-        prior = 1 + (_PRIOR >> np.minimum(np.abs(np.arange(2 * vmax + 1) - vmax), 62))
+        self.activity = _ACTIVITY_CLASS[np.minimum(np.arange(2 * len(_ACTIVITY_PAIRS) * vmax + 1), 64)] * 2 * width
+        prior = 1 + (_PRIOR >> np.minimum(np.abs(np.arange(width) - vmax), 62))
         self.counts = np.tile(prior, 2 * (len(_ACTIVITY_EDGES) + 1) * 2).astype(np.float64)
         self.windows = sliding_window_view(self.counts, vmax + 1)  # views: they see the updates
 
     def locate(self, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(window start, mirror base) of each value from its row of the linear maps."""
-        q = np.minimum(np.maximum(linear[:, 0] >> (_SHIFT - 2), -4), 4 * self.vmax + 7) + 4
-        activity = self.activity[np.minimum(np.abs(linear[:, 1:]).sum(1), 64)]
+        q = (linear[:, 0] >> (_SHIFT - 2)) - self.q_low
+        activity = self.activity[np.abs(linear[:, 1:]).sum(1)]
         return activity + self.start[q], 2 * activity + self.mirror[q]
 
     def probabilities(self, start: np.ndarray) -> np.ndarray:
         return self.windows[start]
 
     def update(self, start: np.ndarray, mirror: np.ndarray, coded: np.ndarray) -> None:
-        """Count the coded values in both orientations (np.add.at: a window may repeat)."""
+        """Count the coded values in both orientations (a window may repeat within a batch)."""
         position = start + coded
-        np.add.at(self.counts, np.concatenate([position, mirror - position]), _STEP)
+        size = self.counts.size
+        self.counts += _STEP * (np.bincount(position, minlength=size) + np.bincount(mirror - position, minlength=size))
 
 
-def _causal_neighbours(flat: np.ndarray, n: int) -> np.ndarray:
-    """(n^2, K) neighbour values of every value in coding order, as the decoder sees them."""
-    pos, bounds = _wavefronts(n)
-    stride = n + 2 * _PAD
-    offsets = np.array([di * stride + dj for di, dj in _OFFSETS])
-    values = np.zeros((n + _PAD) * stride, dtype=np.int64)
-    gathered = np.empty((n * n, len(_OFFSETS)), dtype=np.int64)
-    for t in range(len(bounds) - 1):
-        a, b = bounds[t], bounds[t + 1]
-        gathered[a:b] = values[pos[a:b, None] + offsets]
-        values[pos[a:b]] = flat[a:b]
-        _fill_borders(values, t, n)
-    return gathered
+def _neighbourhoods(flat: np.ndarray, layout: _Layout) -> np.ndarray:
+    """(n^2, 24) neighbourhoods of every value in coding order, as the decoder sees them."""
+    values = layout.new_values()
+    blocks, cells = layout.views(values)
+    found = np.empty((flat.size, _BLOCK[0] * _BLOCK[1]))
+    for t in layout.batches():
+        a, b = layout.bounds[t], layout.bounds[t + 1]
+        found[a:b] = layout.read(blocks, t)
+        layout.write(cells, t, flat[a:b])
+        layout.fill_borders(values, t)
+    return found
 
 
 def encode_pae_context(pae: np.ndarray) -> bytes:
@@ -202,22 +321,23 @@ def encode_pae_context(pae: np.ndarray) -> bytes:
     import constriction  # only the PAE paths need it
 
     values = np.asarray(pae, dtype=np.int64)
-    n, vmax = values.shape[0], int(values.max(initial=0))
+    n, vmax = values.shape[0], max(1, int(values.max(initial=0)))  # an alphabet of at least 0, 1
     if vmax > CONTEXT_MAX_VALUE or values.min(initial=0) < 0:
         raise ValueError(f"the PAE context coder takes values 0-{CONTEXT_MAX_VALUE}")
-    pos, bounds = _wavefronts(n)
-    stride = n + 2 * _PAD
-    flat = values.ravel()[(pos // stride - _PAD) * n + pos % stride - _PAD]
-    neighbours = _causal_neighbours(flat, n)
-    fitted, *_ = np.linalg.lstsq(neighbours.astype(np.float64), flat.astype(np.float64), rcond=None)
+    layout = _Layout(n)
+    flat = values.ravel()[layout.order()]
+    found = _neighbourhoods(flat.astype(np.float64), layout)
+    cells = [(_BLOCK[0] - 1 + di) * _BLOCK[1] + _PAD + dj for di, dj in _OFFSETS]
+    fitted, *_ = np.linalg.lstsq(found[:, cells], flat.astype(np.float64), rcond=None)
     weights = np.clip(np.round(fitted * (1 << _SHIFT)), -32768, 32767).astype(np.int64)
-    linear = neighbours @ _linear_maps(weights)
-    model = _Model(vmax)
+    linear = (found @ _linear_maps(weights)).astype(np.int64)
+    del found
+    model = _Model(vmax, weights)
     encoder = constriction.stream.queue.RangeEncoder()
     categorical = constriction.stream.model.Categorical(perfect=False)
     symbols = flat.astype(np.int32)
-    for t in range(len(bounds) - 1):
-        a, b = bounds[t], bounds[t + 1]
+    for t in layout.batches():
+        a, b = layout.bounds[t], layout.bounds[t + 1]
         start, mirror = model.locate(linear[a:b])
         encoder.encode(symbols[a:b], categorical, model.probabilities(start))
         model.update(start, mirror, flat[a:b])
@@ -242,25 +362,23 @@ def decode_pae_context(data: bytes, n: int) -> np.ndarray:
         raise ValueError(f"compact record: PAE context coding with max value {vmax}")
     weights = np.frombuffer(data, "<i2", len(_OFFSETS), _CONTEXT_HEADER.size).astype(np.int64)
     words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
+    layout = _Layout(n)
+    values = layout.new_values()
+    blocks, cells = layout.views(values)
     maps = _linear_maps(weights)
-    pos, bounds = _wavefronts(n)
-    stride = n + 2 * _PAD
-    offsets = np.array([di * stride + dj for di, dj in _OFFSETS])
-    values = np.zeros((n + _PAD) * stride, dtype=np.int64)
-    model = _Model(vmax)
+    model = _Model(vmax, weights)
     decoder = constriction.stream.queue.RangeDecoder(words)
     categorical = constriction.stream.model.Categorical(perfect=False)
     try:
-        for t in range(len(bounds) - 1):
-            p = pos[bounds[t] : bounds[t + 1]]
-            start, mirror = model.locate(values[p[:, None] + offsets] @ maps)
+        for t in layout.batches():
+            start, mirror = model.locate((layout.read(blocks, t) @ maps).astype(np.int64))
             decoded = decoder.decode(categorical, model.probabilities(start))
-            values[p] = decoded
+            layout.write(cells, t, decoded)
             model.update(start, mirror, decoded)
-            _fill_borders(values, t, n)
-    except (ValueError, RuntimeError, AssertionError) as e:
+            layout.fill_borders(values, t)
+    except (ValueError, RuntimeError, IndexError, AssertionError) as e:  # constriction asserts on invalid data
         raise ValueError(f"compact record: the PAE context coding does not decode: {e}") from e
-    matrix = values.reshape(n + _PAD, stride)[_PAD:, _PAD : _PAD + n]
+    matrix = layout.matrix(values)
     if zlib.crc32(matrix.astype(np.uint8).tobytes()) != crc:
         raise ValueError("compact record: the PAE context coding is corrupt (CRC mismatch)")
-    return matrix.copy()
+    return matrix

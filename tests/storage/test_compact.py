@@ -18,6 +18,13 @@ from hypothesis import strategies as st
 from transformers.models.esm.openfold_utils import residue_constants
 
 from storage.afdb_json import read_pae_json
+from storage.compact_pae import (
+    CODEC_CONTEXT,
+    CODEC_JPEGXL_8,
+    decode_pae_context,
+    encode_pae_context,
+    encode_pae_image,
+)
 from storage.compact import (
     FORMAT_VERSION,
     RESIDUE_ATOMS,
@@ -187,14 +194,15 @@ def _assert_equals_afdb_files(back: CompactStructure, accession: str) -> None:
     assert back.pae is not None and back.pae.tolist() == json.loads(pae_bytes)[0]["predicted_aligned_error"]
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("accession", ["O05023", "P00221"])
-def test_format_1_records_still_decode_exactly(accession: str) -> None:
-    """Records written by format 1 (already in atlases) decode to the AFDB files' values."""
-    record = (DATA / "compact" / f"AF-{accession}-F1.v1.fac").read_bytes()
-    assert record[3] == 1 != FORMAT_VERSION
+def test_older_format_records_still_decode_exactly(accession: str, version: int) -> None:
+    """Records written by formats 1 and 2 (already in atlases) decode to the AFDB files' values."""
+    record = (DATA / "compact" / f"AF-{accession}-F1.v{version}.fac").read_bytes()
+    assert record[3] == version != FORMAT_VERSION
     back = decode_structure(record)
     _assert_equals_afdb_files(back, accession)
-    assert dict(back.meta) == {"note": "format 1 fixture"}
+    assert dict(back.meta) == {"note": f"format {version} fixture"}
     assert back.pae is not None and np.array_equal(decode_pae(record), back.pae)
     stored = read_record(record)
     assert stored.has_pae and stored.pae is not None and stored.pae.tolist() == back.pae.tolist()
@@ -260,3 +268,80 @@ def test_truncated_or_foreign_pae_image_is_refused() -> None:
     bad = head + struct.pack("<BII", 1, n * n, len(foreign)) + foreign
     with pytest.raises(ValueError, match="PAE image does not decode"):
         decode_pae(bad)
+
+
+def _pae_section(record: bytes) -> tuple[int, bytes]:
+    """(codec byte, payload) of a record's PAE section (the last one)."""
+    size = section_sizes(record)["pae"]
+    codec, _, stored = struct.unpack_from("<BII", record, len(record) - size)
+    return codec, record[len(record) - stored :]
+
+
+@pytest.mark.parametrize("accession", ENTRIES)
+def test_real_pae_uses_the_context_coder_and_beats_jpeg_xl(accession: str) -> None:
+    """Format 3 writes the real AFDB PAE with the context coder: smaller than lossless JPEG XL."""
+    structure = _afdb_structure(accession)
+    assert structure.pae is not None
+    codec, payload = _pae_section(encode_structure(structure))
+    assert codec == CODEC_CONTEXT
+    assert len(payload) < 0.96 * len(encode_pae_image(structure.pae)[1])
+    np.testing.assert_array_equal(decode_pae_context(payload, len(structure.sequence)), structure.pae)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([0, 1, 2, 31, 63]), st.sampled_from(["random", "smooth", "blocks"]),
+       st.integers(0, 2**32 - 1))
+def test_context_coder_round_trips(n: int, top: int, kind: str, seed: int) -> None:
+    """Any matrix within 0-63, including the edges (one row, constant, all zeros), decodes exactly."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        pae = rng.integers(0, top + 1, (n, n))
+    elif kind == "smooth":
+        i, j = np.indices((n, n))
+        pae = np.clip(np.abs(i - j) // 2 + rng.integers(-1, 2, (n, n)), 0, top)
+    else:
+        pae = np.clip(rng.integers(0, top + 1, (n, 1)) + rng.integers(0, 2, (1, n)), 0, top)
+    np.testing.assert_array_equal(decode_pae_context(encode_pae_context(pae), n), pae)
+
+
+def test_context_coder_strips_round_trip() -> None:
+    """Sizes that cut into several strips with a short last one (n // 128 strips) decode exactly."""
+    rng = np.random.default_rng(11)
+    for n in (256, 259, 300):
+        i, j = np.indices((n, n))
+        pae = np.clip(np.abs(i - j) // 9 + rng.integers(-1, 2, (n, n)), 0, 31)
+        np.testing.assert_array_equal(decode_pae_context(encode_pae_context(pae), n), pae)
+
+
+def test_corrupt_context_coding_is_refused() -> None:
+    structure = _afdb_structure("O05023")
+    record = encode_structure(structure)
+    codec, payload = _pae_section(record)
+    assert codec == CODEC_CONTEXT
+    head = record[: len(record) - len(payload)]
+    flipped = bytearray(payload)
+    flipped[len(payload) // 2] ^= 0x5A
+    with pytest.raises(ValueError, match="PAE context coding"):
+        decode_pae(head + bytes(flipped))
+    with pytest.raises(ValueError, match="PAE context coding is truncated"):
+        decode_pae_context(payload[:20], len(structure.sequence))
+    with pytest.raises(ValueError, match="PAE context coding"):
+        decode_pae_context(payload[:-4], len(structure.sequence))
+    with pytest.raises(ValueError, match="unknown PAE codec|codec/width 9"):
+        decode_pae(head[: -9] + struct.pack("<BII", 9, *struct.unpack_from("<II", head, len(head) - 8)) + payload)
+    # a format 2 record holds only JPEG XL: codec 3 there is refused
+    with pytest.raises(ValueError, match="codec/width 3"):
+        decode_pae(record[:3] + bytes([2]) + record[4:])
+
+
+def test_values_beyond_the_context_coder_use_jpeg_xl() -> None:
+    """PAE values above 63 (the record allows 0-65535) are written as JPEG XL and decode exactly."""
+    structure = _afdb_structure("O05023")
+    n = len(structure.sequence)
+    noise = np.random.default_rng(5).integers(0, 256, (n, n))  # beyond the context coder's 0-63
+    codec, payload = _pae_section(encode_structure(CompactStructure(
+        structure.sequence, structure.atom_mask, structure.coords, structure.plddt, noise)))
+    assert codec == CODEC_JPEGXL_8
+    back = decode_pae(encode_structure(CompactStructure(structure.sequence, structure.atom_mask, structure.coords,
+                                                        structure.plddt, noise)))
+    assert back is not None and np.array_equal(back, noise)
