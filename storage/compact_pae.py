@@ -1,23 +1,52 @@
-"""PAE coding for compact records: a lossless JPEG XL greyscale image (format 2), 2-D deltas (format 1).
+"""PAE coding for compact records: a context coder (format 3), lossless JPEG XL (2), 2-D deltas (1).
 
 A PAE matrix is an L x L image of small integers (AFDB v4: integer Angstrom, 0-31) that is smooth
-in blocks (domains) and along the diagonal band, with +-1 noise. Format 2 stores it as a lossless
-JPEG XL image (ISO/IEC 18181, libjxl through ``imagecodecs``): one 8-bit grey channel (16-bit
-when a value exceeds 255; the record format allows 0-65535). JPEG XL's modular mode predicts each
-pixel from its causal neighbours (including its self-correcting weighted predictor) and
-entropy-codes the residuals with contexts chosen by a learned decision tree (the "MA tree"); on
-the five real AFDB entries this is 13-23 % smaller than the format 1 coding and 3-6 % smaller
-on the four larger ones than the best context-modelled residual coders we costed by hand (MED or
-weighted-mix prediction with adaptive per-context histograms, ideal code lengths; 2 % larger on
-the 118-residue one; see docs/benchmarks.md). Lossless JPEG XL
-decodes to the exact input samples by definition, so the rendered PAE JSON is byte-identical.
+in blocks (domains) and along the diagonal band, with row and column offsets and +-1 noise.
 
-Effort (encoder speed vs size; it does not change the decoder): 9 up to 256 residues (tens of
-milliseconds), 7 above (about 1.4 s for 957 residues on one core; effort 9 would take 4 s for a
-further 2 %). Decoding takes 2-3 ms at 118 residues and about 0.1 s at 957.
+Format 3 (written): :func:`encode_pae` picks, per record, the context coder (codec 3, for values
+0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the smaller; JPEG XL
+is tried only up to 256 residues (tens of ms there; above, it takes over a second to encode and
+was 10-16 % larger on every real entry), or when a value exceeds 63. The context coder
+(:func:`encode_pae_context`):
 
-Format 1 (still read): the 2-D difference image (each value minus its upper and left neighbours
-plus the upper-left one), zigzag coded and compressed with zstd by :mod:`storage.compact`.
+* **prediction**: a linear combination of 16 causal neighbours (N, W, NW, NE, NN, WW, NNE, NNW, NWW,
+  NNEE, NNN, WWW, NNWW, NNNW, NWWW, NNNE) whose weights are fitted to the matrix by least squares
+  and stored (16 int16 in units of 2**-12; a coarser 2**-6 cost up to 9 %: a weight sum off by
+  1/64 biases every prediction);
+* **contexts** (22): local activity (|N-NW| + |W-NW| + |NE-N| + |N-NN| + |W-WW|, 11 classes) x the
+  prediction's fractional quarter, mirrored (a prediction 0.75 above an integer is coded like one
+  0.25 below the next, residual negated), so a context's histogram learns sub-integer bias;
+* **probabilities**: adaptive counts per context over the residuals (initial 1 + 256 >> |residual|,
+  + 64 per coded value), renormalised over the values 0..max, range coded with ``constriction``
+  (Categorical model, ``perfect=False``);
+* **order**: the rows are cut into strips of at least 128 rows, coded side by side; within a
+  strip, value (r, j) lies on wavefront 2r + j, and every neighbour on an earlier one, so a
+  wavefront of all strips is one vectorised batch (2 * strip height + L - 2 batches; strip tops
+  predict from their own first row, 0.7 % larger at 957 residues than one strip).
+
+It is deterministic across platforms: the model is integer arithmetic (the predictor sums 16
+int16 x value products in float64 BLAS, exact because every partial sum is an integer far below
+2**53), and the probabilities handed to constriction are exact integer counts as float64, which
+its fixed-point quantisation maps identically everywhere; only the encoder fits (floating-point
+least squares), and it stores the rounded weights. A CRC-32 of the matrix (4 bytes) makes
+corrupt bytes a ValueError rather than a wrong matrix.
+
+Measured on the five real AFDB entries (B per residue², 118 -> 957 residues; docs/benchmarks.md):
+JPEG XL effort 7/9 as format 2 wrote it 0.177-0.286, the context coder 0.152-0.255 (8-14 %
+smaller; 0.255 for the 118-residue O05023, 0.201 for the 957-residue entry). Decoding takes
+about 0.03 s at 118 residues and 0.4 s of CPU at 957 on the loaded 2-core benchmark machine
+(JPEG XL: 0.1 s); encoding 0.1 s and 2 s. Measured and not adopted (ideal code lengths or the
+coder itself): contexts from the structure the decoder already has (quantised CA-CA distance,
+pLDDT of i and j: at most 0.7 % smaller on the three large entries, 2-5 % larger on the small
+ones, whose extra contexts cost more than they tell), the transposed value PAE(j, i) as a
+predictor input, contexts from the neighbours' prediction errors, 8 fraction phases, two weight
+sets by activity, least absolute deviations weights (each within +-1 %).
+
+Format 2 (still read): always lossless JPEG XL (ISO/IEC 18181, libjxl through ``imagecodecs``):
+one 8-bit grey channel (16-bit when a value exceeds 255; the record format allows 0-65535),
+effort 9 up to 256 residues, 7 above. Lossless JPEG XL decodes to the exact input samples by
+definition. Format 1 (still read): the 2-D difference image (each value minus its upper and left
+neighbours plus the upper-left one), zigzag coded and compressed with zstd by :mod:`storage.compact`.
 """
 
 from __future__ import annotations
