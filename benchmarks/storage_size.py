@@ -17,8 +17,9 @@ along the file order, deltas to the bonded reference atom, local bond frames alo
 chain = format 1, with the backbone frames = format 2, stored), each zigzag + byte-shuffle + zstd
 19, and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless JPEG XL = format 2,
 at effort 7/9 as format 2 writes it and at effort 9; the context coder of format 3 alone and as
-stored: it, or JPEG XL up to 256 residues where smaller); the import time and, per entry (fastest of 3), the decode time without the PAE, the PAE
-decode time, and record -> ModelCIF text (what ``foldatlas get`` does for an mmCIF).
+stored: it, or JPEG XL up to 256 residues where smaller); the import time and, per entry
+(fastest of 3), the decode time without the PAE, the PAE decode time, and record -> ModelCIF
+text (what ``foldatlas get`` does for an mmCIF).
 
 Run: ``python -m benchmarks.storage_size [--data DIR] [--out FILE]`` (about a minute on 2 cores);
 ``--smoke`` uses the two smallest entries and writes nothing unless ``--out`` is given.

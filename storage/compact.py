@@ -32,7 +32,7 @@ integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest by
 byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd level 19.
 pLDDT: differences along the chain, same integer coding. PAE (:mod:`storage.compact_pae`): format
 3 a context coder (least-squares prediction from 16 causal neighbours, adaptive contexts, range
-coding; 8-14 % smaller than JPEG XL on real AFDB entries) or, where smaller or values exceed 63,
+coding; 7-14 % smaller than JPEG XL on real AFDB entries) or, where smaller or values exceed 63,
 lossless JPEG XL; format 2 always a lossless JPEG XL greyscale image, format 1 2-D differences
 (each value minus its upper and left neighbours plus the upper-left one) in the integer coding. Decoding is vectorised: cumulative sums
 along the chain, the atoms level by level (a level = one more than every atom it uses), and the

@@ -6,12 +6,12 @@ in blocks (domains) and along the diagonal band, with row and column offsets and
 Format 3 (written): :func:`encode_pae` picks, per record, the context coder (codec 3, for values
 0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the smaller; JPEG XL
 is tried only up to 256 residues (tens of ms there; above, it takes over a second to encode and
-was 10-16 % larger on every real entry), or when a value exceeds 63. The context coder
+was 11-16 % larger on the three real entries above 256 residues), or when a value exceeds 63. The context coder
 (:func:`encode_pae_context`):
 
 * **prediction**: a linear combination of 16 causal neighbours (N, W, NW, NE, NN, WW, NNE, NNW, NWW,
   NNEE, NNN, WWW, NNWW, NNNW, NWWW, NNNE) whose weights are fitted to the matrix by least squares
-  and stored (16 int16 in units of 2**-12; a coarser 2**-6 cost up to 9 %: a weight sum off by
+  and stored (16 int16 in units of 2**-12; a coarser 2**-6 cost up to 11 %: a weight sum off by
   1/64 biases every prediction);
 * **contexts** (22): local activity (|N-NW| + |W-NW| + |NE-N| + |N-NN| + |W-WW|, 11 classes) x the
   prediction's fractional quarter, mirrored (a prediction 0.75 above an integer is coded like one
@@ -32,13 +32,13 @@ least squares), and it stores the rounded weights. A CRC-32 of the matrix (4 byt
 corrupt bytes a ValueError rather than a wrong matrix.
 
 Measured on the five real AFDB entries (B per residue², 118 -> 957 residues; docs/benchmarks.md):
-JPEG XL effort 7/9 as format 2 wrote it 0.177-0.286, the context coder 0.152-0.255 (8-14 %
+JPEG XL effort 7/9 as format 2 wrote it 0.177-0.285, the context coder 0.152-0.255 (7-14 %
 smaller; 0.255 for the 118-residue O05023, 0.201 for the 957-residue entry). Decoding takes
 about 0.03 s at 118 residues and 0.4 s of CPU at 957 on the loaded 2-core benchmark machine
 (JPEG XL: 0.1 s); encoding 0.1 s and 2 s. Measured and not adopted (ideal code lengths or the
 coder itself): contexts from the structure the decoder already has (quantised CA-CA distance,
-pLDDT of i and j: at most 0.7 % smaller on the three large entries, 2-5 % larger on the small
-ones, whose extra contexts cost more than they tell), the transposed value PAE(j, i) as a
+pLDDT of i and j: at most 0.8 % smaller on the three large entries, 1.5-5 % larger on the small
+ones, whose extra contexts cost more than they tell; 0.1-2 % larger mixed in as a third model), the transposed value PAE(j, i) as a
 predictor input, contexts from the neighbours' prediction errors, 8 fraction phases, two weight
 sets by activity, least absolute deviations weights (each within +-1 %).
 
