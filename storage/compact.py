@@ -34,9 +34,10 @@ pLDDT: differences along the chain, same integer coding. PAE (:mod:`storage.comp
 3 a context coder (least-squares prediction from 16 causal neighbours, adaptive contexts, range
 coding; 7-14 % smaller than JPEG XL on real AFDB entries) or, where smaller or values exceed 63,
 lossless JPEG XL; format 2 always a lossless JPEG XL greyscale image, format 1 2-D differences
-(each value minus its upper and left neighbours plus the upper-left one) in the integer coding. Decoding is vectorised: cumulative sums
-along the chain, the atoms level by level (a level = one more than every atom it uses), and the
-PAE only when asked for (:func:`decode_structure` ``pae=False``, :func:`decode_pae`).
+(each value minus its upper and left neighbours plus the upper-left one) in the integer coding.
+Decoding is vectorised: cumulative sums along the chain, the atoms level by level (a level = one
+more than every atom it uses), and the PAE only when asked for (:func:`decode_structure`
+``pae=False``, :func:`decode_pae`).
 
 Byte layout (little-endian)::
 
@@ -431,7 +432,7 @@ def _read_pae(reader: _Reader, version: int, n: int) -> np.ndarray:
 def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:
     """Parse a compact record of any readable format version.
 
-    ``pae=False`` skips decoding the PAE (the slowest part: about 0.4 s at 1,000 residues); the
+    ``pae=False`` skips decoding the PAE (the slowest part: 0.3-0.45 s of CPU at 1,000 residues); the
     result then has ``pae`` None whatever the record holds (see :func:`decode_pae`).
 
     Raises:
