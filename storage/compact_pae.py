@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
@@ -248,6 +249,16 @@ class _Layout:
         grid[...] = rows.reshape(self.strips, self.height, self.n)
         return np.concatenate([self.read(cells[..., None, None], t).ravel() for t in self.batches()]).astype(np.int64)
 
+    def scan(self, step: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Walk the batches in order: ``step(t, neighbourhoods)`` returns the batch's values, which
+        are stored (and the borders filled) before the next batch; returns the filled array."""
+        values = self.new_values()
+        blocks, cells = self.views(values)
+        for t in self.batches():
+            self.write(cells, t, step(t, self.read(blocks, t)))
+            self.fill_borders(values, t)
+        return values
+
     def matrix(self, values: np.ndarray) -> np.ndarray:
         grid = values.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
         return grid.reshape(-1, self.n)[: self.n].astype(np.int64)
@@ -328,24 +339,13 @@ class _Model:
         self.counts += _STEP * (np.bincount(position, minlength=size) + np.bincount(mirror - position, minlength=size))
 
 
-def _neighbourhoods(flat: np.ndarray, layout: _Layout) -> np.ndarray:
-    """(n^2, 24) neighbourhoods of every value in coding order, as the decoder sees them."""
-    values = layout.new_values()
-    blocks, cells = layout.views(values)
-    found = np.empty((flat.size, _BLOCK[0] * _BLOCK[1]))
-    for t in layout.batches():
-        a, b = layout.bounds[t], layout.bounds[t + 1]
-        found[a:b] = layout.read(blocks, t)
-        layout.write(cells, t, flat[a:b])
-        layout.fill_borders(values, t)
-    return found
-
-
 def encode_pae_context(pae: np.ndarray) -> bytes:
     """Format 3 context coding of an (L, L) matrix with values 0-63 (:data:`CONTEXT_MAX_VALUE`), L >= 1.
 
     Layout: max value u8 | CRC-32 u32 | 16 predictor weights i16 (units of 2**-12, least squares
-    fitted to this matrix) | range coder words u32.
+    fitted to this matrix) | range coder words u32. Two scans in coding order, each holding one
+    padded copy of the matrix (memory O(L^2), not O(24 L^2)): the normal equations of the fit,
+    then the coding, exactly as the decoder will see each batch.
     """
     import constriction  # only the PAE paths need it
 
@@ -355,21 +355,33 @@ def encode_pae_context(pae: np.ndarray) -> bytes:
         raise ValueError(f"the PAE context coder takes values 0-{CONTEXT_MAX_VALUE}")
     layout = _Layout(n)
     flat = values.ravel()[layout.order()]
-    found = _neighbourhoods(flat.astype(np.float64), layout)
     cells = [(_BLOCK[0] - 1 + di) * _BLOCK[1] + _PAD + dj for di, dj in _OFFSETS]
-    fitted, *_ = np.linalg.lstsq(found[:, cells], flat.astype(np.float64), rcond=None)
+    gram, moment = np.zeros((len(cells), len(cells))), np.zeros(len(cells))
+
+    def accumulate(t: int, found: np.ndarray) -> np.ndarray:
+        nonlocal gram, moment
+        coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
+        used = found[:, cells]
+        gram += used.T @ used  # exact: integer sums far below 2**53
+        moment += used.T @ coded
+        return coded
+
+    layout.scan(accumulate)
+    fitted, *_ = np.linalg.lstsq(gram, moment, rcond=None)  # least squares over all values
     weights = np.clip(np.round(fitted * (1 << _SHIFT)), -32768, 32767).astype(np.int64)
-    linear = (found @ _linear_maps(weights)).astype(np.int64)
-    del found
-    model = _Model(vmax, weights)
+    maps, model = _linear_maps(weights), _Model(vmax, weights)
     encoder = constriction.stream.queue.RangeEncoder()
     categorical = constriction.stream.model.Categorical(perfect=False)
     symbols = flat.astype(np.int32)
-    for t in layout.batches():
+
+    def code(t: int, found: np.ndarray) -> np.ndarray:
         a, b = layout.bounds[t], layout.bounds[t + 1]
-        start, mirror = model.locate(linear[a:b])
+        start, mirror = model.locate((found @ maps).astype(np.int64))
         encoder.encode(symbols[a:b], categorical, model.probabilities(start))
         model.update(start, mirror, flat[a:b])
+        return flat[a:b]
+
+    layout.scan(code)
     crc = zlib.crc32(values.astype(np.uint8).tobytes())
     return (_CONTEXT_HEADER.pack(vmax, crc) + weights.astype("<i2").tobytes()
             + encoder.get_compressed().astype("<u4").tobytes())
@@ -392,19 +404,18 @@ def decode_pae_context(data: bytes, n: int) -> np.ndarray:
     weights = np.frombuffer(data, "<i2", len(_OFFSETS), _CONTEXT_HEADER.size).astype(np.int64)
     words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
     layout = _Layout(n)
-    values = layout.new_values()
-    blocks, cells = layout.views(values)
-    maps = _linear_maps(weights)
-    model = _Model(vmax, weights)
+    maps, model = _linear_maps(weights), _Model(vmax, weights)
     decoder = constriction.stream.queue.RangeDecoder(words)
     categorical = constriction.stream.model.Categorical(perfect=False)
+
+    def decode(t: int, found: np.ndarray) -> np.ndarray:
+        start, mirror = model.locate((found @ maps).astype(np.int64))
+        decoded = decoder.decode(categorical, model.probabilities(start))
+        model.update(start, mirror, decoded)
+        return decoded
+
     try:
-        for t in layout.batches():
-            start, mirror = model.locate((layout.read(blocks, t) @ maps).astype(np.int64))
-            decoded = decoder.decode(categorical, model.probabilities(start))
-            layout.write(cells, t, decoded)
-            model.update(start, mirror, decoded)
-            layout.fill_borders(values, t)
+        values = layout.scan(decode)
     except (ValueError, RuntimeError, IndexError, AssertionError) as e:  # constriction asserts on invalid data
         raise ValueError(f"compact record: the PAE context coding does not decode: {e}") from e
     matrix = layout.matrix(values)
