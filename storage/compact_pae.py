@@ -34,8 +34,9 @@ corrupt bytes a ValueError rather than a wrong matrix.
 Measured on the five real AFDB entries (B per residue², 118 -> 957 residues; docs/benchmarks.md):
 JPEG XL effort 7/9 as format 2 wrote it 0.177-0.285, the context coder 0.152-0.255 (7-14 %
 smaller; 0.255 for the 118-residue O05023, 0.201 for the 957-residue entry). Decoding takes
-0.03 s of CPU at 118 residues and 0.29-0.45 s at 957 on the loaded 2-core benchmark machine
-(JPEG XL: 0.002 s and 0.08-0.11 s); encoding 0.05 s and 1.5-2.2 s (JPEG XL, effort 7: 0.8 s). Measured and not adopted (ideal code lengths or the
+0.02-0.03 s of CPU at 118 residues and 0.29-0.45 s at 957 on the loaded 2-core benchmark
+machine (JPEG XL: 0.002 s and 0.08-0.11 s); encoding 0.03 s and 0.45 s (JPEG XL: 0.025 s at
+effort 9, 0.74-0.84 s at effort 7). Measured and not adopted (ideal code lengths or the
 coder itself): contexts from the structure the decoder already has (quantised CA-CA distance,
 pLDDT of i and j: at most 0.8 % smaller on the three large entries, 1.5-5 % larger on the small
 ones, whose extra contexts cost more than they tell; 0.1-2 % larger mixed in as a third model), the transposed value PAE(j, i) as a
