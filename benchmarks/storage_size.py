@@ -95,7 +95,7 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
     from storage import compact
     from storage.afdb_json import read_pae_json
     from storage.compact_geometry import chain_frames, encode_coordinates
-    from storage.compact_pae import encode_pae, encode_pae_context, encode_pae_image, pae_deltas
+    from storage.compact_pae import encode_pae_context, encode_pae_image, encode_pae_payload, pae_deltas
     from storage.mmcif import read_modelcif
 
     contents = read_modelcif(_read(_find(data, accession, "cif")))
@@ -125,10 +125,11 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
             "delta_rows": size(np.diff(pae, axis=0, prepend=0)) / n**2,
             "delta_2d (format 1)": size(pae_deltas(pae)) / n**2,
             "jpegxl_lossless (format 2)": len(encode_pae_image(pae)[1]) / n**2,
-            "jpegxl_lossless_effort_9": len(imagecodecs.jpegxl_encode(pae.astype(np.uint8), lossless=True, effort=9,
-                                                                      numthreads=1)) / n**2,
+            "jpegxl_lossless_effort_9": len(imagecodecs.jpegxl_encode(
+                pae.astype(np.uint8), lossless=True, effort=9, numthreads=1)) / n**2,
             "context_coder": len(encode_pae_context(pae)) / n**2,
-            "format 3, stored (context coder; JPEG XL too up to 256 residues, the smaller)": len(encode_pae(pae)[1]) / n**2,
+            "format 3, stored (context coder; JPEG XL too up to 256 residues, the smaller)":
+                len(encode_pae_payload(pae)[1]) / n**2,
         },
     }
 

@@ -374,7 +374,7 @@ def _pae_section(pae: np.ndarray) -> bytes:
     n = pae.shape[0]
     if n == 0:
         return _SECTION.pack(1, 0, 0)
-    codec, payload = compact_pae.encode_pae(pae)  # format 3: the width byte is the codec
+    codec, payload = compact_pae.encode_pae_payload(pae)  # format 3: the width byte is the codec
     return _SECTION.pack(codec, n * n, len(payload)) + payload
 
 
@@ -426,7 +426,9 @@ def _read_pae(reader: _Reader, version: int, n: int) -> np.ndarray:
         raise ValueError(f"compact record: PAE section holds {count} values of codec/width {codec}, expected {n * n}")
     if not n:
         return np.zeros((0, 0), dtype=np.int64)
-    return compact_pae.decode_pae(payload, codec, n) if version >= 3 else decode_pae_image(payload, codec, n)
+    if version >= 3:
+        return compact_pae.decode_pae_payload(payload, codec, n)
+    return decode_pae_image(payload, codec, n)
 
 
 def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:

@@ -3,10 +3,11 @@
 A PAE matrix is an L x L image of small integers (AFDB v4: integer Angstrom, 0-31) that is smooth
 in blocks (domains) and along the diagonal band, with row and column offsets and +-1 noise.
 
-Format 3 (written): :func:`encode_pae` picks, per record, the context coder (codec 3, for values
-0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the smaller; JPEG XL
-is tried only up to 256 residues (tens of ms there; above, it takes over a second to encode and
-was 11-16 % larger on the three real entries above 256 residues), or when a value exceeds 63. The context coder
+Format 3 (written): :func:`encode_pae_payload` picks, per record, the context coder (codec 3,
+for values 0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the
+smaller; JPEG XL is tried only up to 256 residues (tens of ms there; above, it takes about 0.8 s
+to encode at 957 residues and was 11-16 % larger on the three real entries above 256 residues),
+or when a value exceeds 63. The context coder
 (:func:`encode_pae_context`):
 
 * **prediction**: a linear combination of 16 causal neighbours (N, W, NW, NE, NN, WW, NNE, NNW, NWW,
@@ -39,9 +40,10 @@ machine (JPEG XL: 0.002 s and 0.08-0.11 s); encoding 0.03 s and 0.45 s (JPEG XL:
 effort 9, 0.74-0.84 s at effort 7). Measured and not adopted (ideal code lengths or the
 coder itself): contexts from the structure the decoder already has (quantised CA-CA distance,
 pLDDT of i and j: at most 0.8 % smaller on the three large entries, 1.5-5 % larger on the small
-ones, whose extra contexts cost more than they tell; 0.1-2 % larger mixed in as a third model), the transposed value PAE(j, i) as a
-predictor input, contexts from the neighbours' prediction errors, 8 fraction phases, two weight
-sets by activity, least absolute deviations weights (each within +-1 %).
+ones, whose extra contexts cost more than they tell; 0.1-2 % larger mixed in as a third model),
+the transposed value PAE(j, i) as a predictor input, contexts from the neighbours' prediction
+errors, 8 fraction phases, two weight sets by activity, least absolute deviations weights, count
+halving (each within +-1 %, mostly worse).
 
 Format 2 (still read): always lossless JPEG XL (ISO/IEC 18181, libjxl through ``imagecodecs``):
 one 8-bit grey channel (16-bit when a value exceeds 255; the record format allows 0-65535),
@@ -65,12 +67,12 @@ __all__ = [
     "CODEC_JPEGXL_16",
     "CONTEXT_MAX_VALUE",
     "PAE_CODECS",
-    "decode_pae",
     "decode_pae_context",
     "decode_pae_image",
-    "encode_pae",
+    "decode_pae_payload",
     "encode_pae_context",
     "encode_pae_image",
+    "encode_pae_payload",
     "pae_deltas",
     "undo_pae_deltas",
 ]
@@ -115,7 +117,7 @@ PAE_CODECS = (CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT)
 _JPEGXL_TRIED_UP_TO = 256  # residues: JPEG XL is also tried there (tens of ms), the smaller kept
 
 
-def encode_pae(pae: np.ndarray) -> tuple[int, bytes]:
+def encode_pae_payload(pae: np.ndarray) -> tuple[int, bytes]:
     """(codec, bytes) of an (L, L) integer matrix with values 0-65535, L >= 1 (format 3).
 
     The context coder when every value is within 0-63; up to 256 residues (or when the context
@@ -130,8 +132,8 @@ def encode_pae(pae: np.ndarray) -> tuple[int, bytes]:
     return min(candidates, key=lambda candidate: len(candidate[1]))
 
 
-def decode_pae(data: bytes, codec: int, n: int) -> np.ndarray:
-    """Inverse of :func:`encode_pae`: int64 (n, n), n >= 1.
+def decode_pae_payload(data: bytes, codec: int, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_pae_payload`: int64 (n, n), n >= 1.
 
     Raises:
         ValueError: unknown codec, or bytes that do not decode to an (n, n) matrix.
