@@ -16,9 +16,11 @@ Also measured (``options``): the alternatives considered for coordinates (absolu
 along the file order, deltas to the bonded reference atom, local bond frames along the reference
 chain = format 1, with the backbone frames = format 2, each zigzag + byte-shuffle + zstd 19; format
 3, stored: backbone and side-chain frames against built-in geometry, range coded, see
-:mod:`storage.compact_model`), and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless JPEG XL = format 2,
-stored); the import time and, per entry (fastest of 3), the decode time without the PAE, the PAE
-decode time, and record -> ModelCIF text (what ``foldatlas get`` does for an mmCIF).
+:mod:`storage.compact_model`), and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless
+JPEG XL = format 2, at effort 7/9 as format 2 writes it and at effort 9; the context coder of format
+3 alone and as stored: it, or JPEG XL up to 256 residues where smaller); the import time and, per
+entry (fastest of 3), the decode time without the PAE, the PAE decode time, and record -> ModelCIF
+text (what ``foldatlas get`` does for an mmCIF).
 
 Run: ``python -m benchmarks.storage_size [--data DIR] [--out FILE]`` (about a minute on 2 cores);
 ``--smoke`` uses the two smallest entries and writes nothing unless ``--out`` is given.
@@ -89,10 +91,12 @@ def _parquet_shares(files: list[Path], key: str, tmp: Path) -> tuple[dict[str, f
 
 
 def _options(accession: str, data: Path) -> dict[str, Any]:
+    import imagecodecs
+
     from storage import compact, compact_model
     from storage.afdb_json import read_pae_json
     from storage.compact_geometry import chain_frames, encode_coordinates
-    from storage.compact_pae import encode_pae_image, pae_deltas
+    from storage.compact_pae import encode_pae_context, encode_pae_image, encode_pae_payload, pae_deltas
     from storage.mmcif import read_modelcif
 
     contents = read_modelcif(_read(_find(data, accession, "cif")))
@@ -125,7 +129,12 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
             "raw": size(pae) / n**2,
             "delta_rows": size(np.diff(pae, axis=0, prepend=0)) / n**2,
             "delta_2d (format 1)": size(pae_deltas(pae)) / n**2,
-            "jpegxl_lossless (format 2, stored)": len(encode_pae_image(pae)[1]) / n**2,
+            "jpegxl_lossless (format 2)": len(encode_pae_image(pae)[1]) / n**2,
+            "jpegxl_lossless_effort_9": len(imagecodecs.jpegxl_encode(
+                pae.astype(np.uint8), lossless=True, effort=9, numthreads=1)) / n**2,
+            "context_coder": len(encode_pae_context(pae)) / n**2,
+            "format 3, stored (context coder; JPEG XL too up to 256 residues, the smaller)":
+                len(encode_pae_payload(pae)[1]) / n**2,
         },
     }
 

@@ -1,30 +1,81 @@
-"""PAE coding for compact records: a lossless JPEG XL greyscale image (format 2), 2-D deltas (format 1).
+"""PAE coding for compact records: a context coder (format 3), lossless JPEG XL (2), 2-D deltas (1).
 
 A PAE matrix is an L x L image of small integers (AFDB v4: integer Angstrom, 0-31) that is smooth
-in blocks (domains) and along the diagonal band, with +-1 noise. Format 2 stores it as a lossless
-JPEG XL image (ISO/IEC 18181, libjxl through ``imagecodecs``): one 8-bit grey channel (16-bit
-when a value exceeds 255; the record format allows 0-65535). JPEG XL's modular mode predicts each
-pixel from its causal neighbours (including its self-correcting weighted predictor) and
-entropy-codes the residuals with contexts chosen by a learned decision tree (the "MA tree"); on
-the five real AFDB entries this is 13-23 % smaller than the format 1 coding and 3-6 % smaller
-on the four larger ones than the best context-modelled residual coders we costed by hand (MED or
-weighted-mix prediction with adaptive per-context histograms, ideal code lengths; 2 % larger on
-the 118-residue one; see docs/benchmarks.md). Lossless JPEG XL
-decodes to the exact input samples by definition, so the rendered PAE JSON is byte-identical.
+in blocks (domains) and along the diagonal band, with row and column offsets and +-1 noise.
 
-Effort (encoder speed vs size; it does not change the decoder): 9 up to 256 residues (tens of
-milliseconds), 7 above (about 1.4 s for 957 residues on one core; effort 9 would take 4 s for a
-further 2 %). Decoding takes 2-3 ms at 118 residues and about 0.1 s at 957.
+Format 3 (written): :func:`encode_pae_payload` picks, per record, the context coder (codec 3,
+for values 0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the
+smaller; JPEG XL is tried only up to 256 residues (tens of ms there; above, it takes about 0.8 s
+to encode at 957 residues and was 11-16 % larger on the three real entries above 256 residues),
+or when a value exceeds 63. The context coder
+(:func:`encode_pae_context`):
 
-Format 1 (still read): the 2-D difference image (each value minus its upper and left neighbours
-plus the upper-left one), zigzag coded and compressed with zstd by :mod:`storage.compact`.
+* **prediction**: a linear combination of 16 causal neighbours (N, W, NW, NE, NN, WW, NNE, NNW, NWW,
+  NNEE, NNN, WWW, NNWW, NNNW, NWWW, NNNE) whose weights are fitted to the matrix by least squares
+  and stored (16 int16 in units of 2**-12; a coarser 2**-6 cost up to 11 %: a weight sum off by
+  1/64 biases every prediction);
+* **contexts** (22): local activity (|N-NW| + |W-NW| + |NE-N| + |N-NN| + |W-WW|, 11 classes) x the
+  prediction's fractional quarter, mirrored (a prediction 0.75 above an integer is coded like one
+  0.25 below the next, residual negated), so a context's histogram learns sub-integer bias;
+* **probabilities**: adaptive counts per context over the residuals (initial 1 + 256 >> |residual|,
+  + 64 per coded value), renormalised over the values 0..max, range coded with ``constriction``
+  (Categorical model, ``perfect=False``);
+* **order**: the rows are cut into strips of at least 128 rows, coded side by side; within a
+  strip, value (r, j) lies on wavefront 2r + j, and every neighbour on an earlier one, so a
+  wavefront of all strips is one vectorised batch (2 * strip height + L - 2 batches; strip tops
+  predict from their own first row, 0.7 % larger at 957 residues than one strip).
+
+It is deterministic across platforms: the model is integer arithmetic (the predictor sums 16
+int16 x value products in float64 BLAS, exact because every partial sum is an integer far below
+2**53), and the probabilities handed to constriction are exact integer counts as float64, which
+its fixed-point quantisation maps identically everywhere; only the encoder fits (floating-point
+least squares), and it stores the rounded weights. A CRC-32 of the matrix (4 bytes) makes
+corrupt bytes a ValueError rather than a wrong matrix.
+
+Measured on the five real AFDB entries (B per residue², 118 -> 957 residues; docs/benchmarks.md):
+JPEG XL effort 7/9 as format 2 wrote it 0.177-0.285, the context coder 0.152-0.255 (7-14 %
+smaller; 0.255 for the 118-residue O05023, 0.201 for the 957-residue entry). Decoding takes
+0.02-0.03 s of CPU at 118 residues and 0.29-0.45 s at 957 on the loaded 2-core benchmark
+machine (JPEG XL: 0.002 s and 0.08-0.11 s); encoding 0.03 s and 0.45 s (JPEG XL: 0.025 s at
+effort 9, 0.74-0.84 s at effort 7). Measured and not adopted (ideal code lengths or the
+coder itself): contexts from the structure the decoder already has (quantised CA-CA distance,
+pLDDT of i and j: at most 0.8 % smaller on the three large entries, 1.5-5 % larger on the small
+ones, whose extra contexts cost more than they tell; 0.1-2 % larger mixed in as a third model),
+the transposed value PAE(j, i) as a predictor input, contexts from the neighbours' prediction
+errors, 8 fraction phases, two weight sets by activity, least absolute deviations weights, count
+halving (each within +-1 %, mostly worse).
+
+Format 2 (still read): always lossless JPEG XL (ISO/IEC 18181, libjxl through ``imagecodecs``):
+one 8-bit grey channel (16-bit when a value exceeds 255; the record format allows 0-65535),
+effort 9 up to 256 residues, 7 above. Lossless JPEG XL decodes to the exact input samples by
+definition. Format 1 (still read): the 2-D difference image (each value minus its upper and left
+neighbours plus the upper-left one), zigzag coded and compressed with zstd by :mod:`storage.compact`.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import struct
+import zlib
+from collections.abc import Callable
 
-__all__ = ["decode_pae_image", "encode_pae_image", "pae_deltas", "undo_pae_deltas"]
+import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
+__all__ = [
+    "CODEC_CONTEXT",
+    "CODEC_JPEGXL_8",
+    "CODEC_JPEGXL_16",
+    "CONTEXT_MAX_VALUE",
+    "PAE_CODECS",
+    "decode_pae_context",
+    "decode_pae_image",
+    "decode_pae_payload",
+    "encode_pae_context",
+    "encode_pae_image",
+    "encode_pae_payload",
+    "pae_deltas",
+    "undo_pae_deltas",
+]
 
 _SMALL_EFFORT, _LARGE_EFFORT, _SMALL_SIZE = 9, 7, 256
 
@@ -58,6 +109,42 @@ def decode_pae_image(data: bytes, width: int, n: int) -> np.ndarray:
     return image.astype(np.int64)
 
 
+#: PAE codecs of format 3 records (the PAE section's ``width`` byte): lossless JPEG XL with 8- or
+#: 16-bit samples (what format 2 always uses; the byte is then the sample width) and the context
+#: coder (:func:`encode_pae_context`).
+CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT = 1, 2, 3
+PAE_CODECS = (CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT)
+_JPEGXL_TRIED_UP_TO = 256  # residues: JPEG XL is also tried there (tens of ms), the smaller kept
+
+
+def encode_pae_payload(pae: np.ndarray) -> tuple[int, bytes]:
+    """(codec, bytes) of an (L, L) integer matrix with values 0-65535, L >= 1 (format 3).
+
+    The context coder when every value is within 0-63; up to 256 residues (or when the context
+    coder cannot take the values) lossless JPEG XL too, keeping the smaller.
+    """
+    values = np.asarray(pae, dtype=np.int64)
+    candidates = []
+    if int(values.max(initial=0)) <= CONTEXT_MAX_VALUE:
+        candidates.append((CODEC_CONTEXT, encode_pae_context(values)))
+    if not candidates or values.shape[0] <= _JPEGXL_TRIED_UP_TO:
+        candidates.append(encode_pae_image(values))
+    return min(candidates, key=lambda candidate: len(candidate[1]))
+
+
+def decode_pae_payload(data: bytes, codec: int, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_pae_payload`: int64 (n, n), n >= 1.
+
+    Raises:
+        ValueError: unknown codec, or bytes that do not decode to an (n, n) matrix.
+    """
+    if codec == CODEC_CONTEXT:
+        return decode_pae_context(data, n)
+    if codec in (CODEC_JPEGXL_8, CODEC_JPEGXL_16):
+        return decode_pae_image(data, codec, n)
+    raise ValueError(f"compact record: unknown PAE codec {codec}")
+
+
 def pae_deltas(pae: np.ndarray) -> np.ndarray:
     """Format 1: each value minus its upper and left neighbours plus the upper-left one."""
     return np.diff(np.diff(pae, axis=0, prepend=0), axis=1, prepend=0)
@@ -66,3 +153,275 @@ def pae_deltas(pae: np.ndarray) -> np.ndarray:
 def undo_pae_deltas(deltas: np.ndarray) -> np.ndarray:
     """Inverse of :func:`pae_deltas`."""
     return np.cumsum(np.cumsum(deltas, axis=0), axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Format 3: least-squares prediction + adaptive context model + range coding (constriction)
+# ----------------------------------------------------------------------------------------------
+
+#: Causal neighbours (row, column offsets) of the linear predictor: N, W, NW, NE, NN, WW, NNE, NNW,
+#: NWW, NNEE, NNN, WWW, NNWW, NNNW, NWWW, NNNE. Every offset has 2*row + column < 0, so it lies on
+#: an earlier wavefront of the coding order (see :class:`_Layout`).
+_OFFSETS = ((-1, 0), (0, -1), (-1, -1), (-1, 1), (-2, 0), (0, -2), (-2, 1), (-2, -1), (-1, -2), (-2, 2),
+            (-3, 0), (0, -3), (-2, -2), (-3, -1), (-1, -3), (-3, 1))
+#: Local activity: |N - NW| + |W - NW| + |NE - N| + |N - NN| + |W - WW| (indices into _OFFSETS),
+#: bucketed at these edges (11 classes).
+_ACTIVITY_PAIRS = ((0, 2), (1, 2), (3, 0), (0, 4), (1, 5))
+_ACTIVITY_EDGES = (0, 1, 2, 3, 4, 6, 8, 11, 15, 20)
+_ACTIVITY_CLASS = np.searchsorted(np.array(_ACTIVITY_EDGES), np.arange(65), side="right")
+_SHIFT = 12  # predictor weights and predictions in units of 2**-12
+_PAD = 3  # border cells around the matrix (the farthest offset)
+_STRIP_HEIGHT = 128  # rows per strip (at least; n // 128 strips)
+_BLOCK = (4, 6)  # the neighbourhood read per value: rows -3..0, columns -3..+2
+_PRIOR, _STEP = 256, 64  # adaptive counts: initial 1 + PRIOR >> |residual|, STEP per coded value
+CONTEXT_MAX_VALUE = 63  # the context coder's alphabet limit (AFDB PAE: 0-31)
+_CONTEXT_HEADER = struct.Struct("<BI")  # max value, CRC-32 of the matrix (uint8, row-major)
+
+
+class _Layout:
+    """Coding order, border cells and strided views of an n x n matrix cut into horizontal strips.
+
+    The rows are cut into ``strips`` strips of ``height`` rows (n // 128 strips; the last one may
+    have fewer rows), coded side by side; within a strip, value (r, j) (r: row in the strip) is on
+    wavefront t = 2r + j. A value depends only on values of earlier wavefronts of its own strip
+    (every neighbour offset has 2 * row + column < 0), so each wavefront of all strips is modelled
+    and coded as one vectorised batch, strip by strip, rows in order: 2 * height + n - 2 batches
+    instead of n^2 single values. Each strip is stored with ``_PAD`` border rows above it and
+    border columns either side, in one flat float64 array (``values``, exact small integers):
+    the left border of row r holds the value above its first column until that is coded, then
+    (r, 0); the right border (r, n - 1); the top border at column c: (0, c - 3), so the first row
+    of a strip predicts from its own left values (:meth:`fill_borders`, run by encoder and decoder
+    alike after each wavefront). A batch's cells and their 4 x 6 neighbourhoods are strided views
+    of that array (:meth:`views`), read and written without index arrays.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.strips = max(1, n // _STRIP_HEIGHT)
+        self.height = h = -(-n // self.strips)
+        last = n - (self.strips - 1) * h  # rows of the last strip
+        self.stride = n + 2 * _PAD
+        self.strip_size = (h + _PAD) * self.stride
+        t = np.arange(2 * h + n - 2)
+        self.low = np.maximum(0, (t - n + 2) // 2)
+        self.rows = np.minimum(h - 1, t // 2) - self.low + 1
+        self.last_rows = np.maximum(0, np.minimum(np.minimum(h - 1, t // 2), last - 1) - self.low + 1)
+        self.bounds = np.concatenate([[0], np.cumsum((self.strips - 1) * self.rows + self.last_rows)])
+
+    def new_values(self) -> np.ndarray:
+        return np.zeros(self.strips * self.strip_size, dtype=np.float64)
+
+    def batches(self) -> range:
+        return range(len(self.bounds) - 1)
+
+    def views(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(blocks, cells): blocks[t, s, r] = the 4 x 6 cells from 3 rows above and 3 columns left
+        of value (r, t - 2r) of strip s (its 16 neighbours among them), cells[t, s, r] = that value.
+
+        Views of ``values`` (which must be :meth:`new_values`): only the (t, s, r) of a batch are
+        ever read or written, all inside the array.
+        """
+        item = values.itemsize
+        steps = (item, self.strip_size * item, (self.stride - 2) * item)
+        shape = (len(self.rows), self.strips, self.height)
+        rows, cols = _BLOCK
+        blocks = as_strided(values, shape=(*shape, rows, cols), strides=(*steps, self.stride * item, item),
+                            writeable=False)
+        cells = as_strided(values[_PAD * self.stride + _PAD :], shape=shape, strides=steps)
+        return blocks, cells
+
+    def read(self, blocks: np.ndarray, t: int) -> np.ndarray:
+        """(m, 24) neighbourhoods of batch t, in coding order (a copy)."""
+        low, rows = self.low[t], self.rows[t]
+        found = blocks[t, :, low : low + rows].reshape(self.strips * rows, -1)
+        return found[: self.bounds[t + 1] - self.bounds[t]]
+
+    def write(self, cells: np.ndarray, t: int, coded: np.ndarray) -> None:
+        low, rows, last = self.low[t], self.rows[t], self.last_rows[t]
+        full = (self.strips - 1) * rows
+        cells[t, : self.strips - 1, low : low + rows] = coded[:full].reshape(self.strips - 1, rows)
+        cells[t, self.strips - 1, low : low + last] = coded[full:]
+
+    def order(self) -> np.ndarray:
+        """Row-major matrix index of each value in coding order."""
+        index = self.new_values()
+        _, cells = self.views(index)
+        grid = index.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        rows = np.zeros((self.strips * self.height, self.n))
+        rows[: self.n] = np.arange(self.n * self.n).reshape(self.n, self.n)
+        grid[...] = rows.reshape(self.strips, self.height, self.n)
+        return np.concatenate([self.read(cells[..., None, None], t).ravel() for t in self.batches()]).astype(np.int64)
+
+    def scan(self, step: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Walk the batches in order: ``step(t, neighbourhoods)`` returns the batch's values, which
+        are stored (and the borders filled) before the next batch; returns the filled array."""
+        values = self.new_values()
+        blocks, cells = self.views(values)
+        for t in self.batches():
+            self.write(cells, t, step(t, self.read(blocks, t)))
+            self.fill_borders(values, t)
+        return values
+
+    def matrix(self, values: np.ndarray) -> np.ndarray:
+        grid = values.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        return grid.reshape(-1, self.n)[: self.n].astype(np.int64)
+
+    def fill_borders(self, values: np.ndarray, t: int) -> None:
+        """After wavefront t: copy just-coded values into the border cells later wavefronts read."""
+        grid = values.reshape(self.strips, self.height + _PAD, self.stride)
+        n, h = self.n, self.height
+        if t + 3 < n + _PAD and t < n:
+            grid[:, :_PAD, t + 3 + _PAD] = grid[:, _PAD, t + _PAD, None]
+        if t % 2 == 0 and t // 2 < h:
+            row = t // 2 + _PAD
+            grid[:, row : row + 2, :_PAD] = grid[:, row, _PAD, None, None]
+        if t >= n - 1 and (t - n + 1) % 2 == 0 and (t - n + 1) // 2 < h:
+            row = (t - n + 1) // 2 + _PAD
+            grid[:, row, _PAD + n :] = grid[:, row, _PAD + n - 1, None]
+
+
+def _linear_maps(weights: np.ndarray) -> np.ndarray:
+    """(24, 6) float64: a 4 x 6 neighbourhood (:meth:`_Layout.views`) -> (prediction * 2**12,
+    the five activity differences).
+
+    The products are exact: every product and partial sum is an integer far below 2**53 (values
+    <= 63, weights within int16, 16 terms), so any summation order or fused multiply-add (BLAS)
+    gives the same doubles on every platform, and the conversion to integers is exact.
+    """
+    maps = np.zeros((*_BLOCK, 1 + len(_ACTIVITY_PAIRS)))
+    cell = [(_BLOCK[0] - 1 + di, _PAD + dj) for di, dj in _OFFSETS]
+    for k, at in enumerate(cell):
+        maps[at][0] = weights[k]
+    for column, (a, b) in enumerate(_ACTIVITY_PAIRS, start=1):
+        maps[cell[a]][column] += 1
+        maps[cell[b]][column] -= 1
+    return maps.reshape(_BLOCK[0] * _BLOCK[1], -1)
+
+
+class _Model:
+    """The context model of one matrix: maps a value's linear features to its count window.
+
+    The prediction (units of 2**-12) in quarters q gives an origin (its integer part, clipped to
+    0..vmax) and a phase (the quarter); phases 2 and 3 are mirrored onto 1 and 0 (origin + 1,
+    residual sign flipped), so a context is (activity class, distance of the prediction from the
+    nearest integer, halved): 22 contexts. Each context's counts over the residuals -vmax..vmax
+    are kept twice in the count table, forward and then (second half) reversed, so the
+    probabilities of the values 0..vmax are one contiguous window in either orientation
+    (:meth:`probabilities`). The tables hold everything that depends on q or on the activity,
+    over every value these can take with these weights (no clipping per value).
+    """
+
+    def __init__(self, vmax: int, weights: np.ndarray) -> None:
+        self.vmax, width = vmax, 2 * vmax + 1
+        self.half = (len(_ACTIVITY_EDGES) + 1) * 2 * width
+        self.q_low = -((int(np.abs(weights).sum()) * vmax) >> (_SHIFT - 2)) - 1
+        q = np.arange(self.q_low, -self.q_low + 1)
+        phase, up = q & 3, (q & 3) >> 1
+        origin = np.minimum(np.maximum((q >> 2) + up, 0), vmax)
+        centre = (phase ^ (3 * up)) * width + vmax
+        self.start = centre - origin + up * self.half
+        self.mirror = 2 * centre + self.half
+        self.activity = _ACTIVITY_CLASS[np.minimum(np.arange(2 * len(_ACTIVITY_PAIRS) * vmax + 1), 64)] * 2 * width
+        prior = 1 + (_PRIOR >> np.minimum(np.abs(np.arange(width) - vmax), 62))
+        self.counts = np.tile(prior, 2 * (len(_ACTIVITY_EDGES) + 1) * 2).astype(np.float64)
+        self.windows = sliding_window_view(self.counts, vmax + 1)  # views: they see the updates
+
+    def locate(self, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(window start, mirror base) of each value from its row of the linear maps."""
+        q = (linear[:, 0] >> (_SHIFT - 2)) - self.q_low
+        activity = self.activity[np.abs(linear[:, 1:]).sum(1)]
+        return activity + self.start[q], 2 * activity + self.mirror[q]
+
+    def probabilities(self, start: np.ndarray) -> np.ndarray:
+        return self.windows[start]
+
+    def update(self, start: np.ndarray, mirror: np.ndarray, coded: np.ndarray) -> None:
+        """Count the coded values in both orientations (a window may repeat within a batch)."""
+        position = start + coded
+        size = self.counts.size
+        self.counts += _STEP * (np.bincount(position, minlength=size) + np.bincount(mirror - position, minlength=size))
+
+
+def encode_pae_context(pae: np.ndarray) -> bytes:
+    """Format 3 context coding of an (L, L) matrix with values 0-63 (:data:`CONTEXT_MAX_VALUE`), L >= 1.
+
+    Layout: max value u8 | CRC-32 u32 | 16 predictor weights i16 (units of 2**-12, least squares
+    fitted to this matrix) | range coder words u32. Two scans in coding order, each holding one
+    padded copy of the matrix (memory O(L^2), not O(24 L^2)): the normal equations of the fit,
+    then the coding, exactly as the decoder will see each batch.
+    """
+    import constriction  # only the PAE paths need it
+
+    values = np.asarray(pae, dtype=np.int64)
+    n, vmax = values.shape[0], max(1, int(values.max(initial=0)))  # an alphabet of at least 0, 1
+    if vmax > CONTEXT_MAX_VALUE or values.min(initial=0) < 0:
+        raise ValueError(f"the PAE context coder takes values 0-{CONTEXT_MAX_VALUE}")
+    layout = _Layout(n)
+    flat = values.ravel()[layout.order()]
+    cells = [(_BLOCK[0] - 1 + di) * _BLOCK[1] + _PAD + dj for di, dj in _OFFSETS]
+    gram, moment = np.zeros((len(cells), len(cells))), np.zeros(len(cells))
+
+    def accumulate(t: int, found: np.ndarray) -> np.ndarray:
+        nonlocal gram, moment
+        coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
+        used = found[:, cells]
+        gram += used.T @ used  # exact: integer sums far below 2**53
+        moment += used.T @ coded
+        return coded
+
+    layout.scan(accumulate)
+    fitted, *_ = np.linalg.lstsq(gram, moment, rcond=None)  # least squares over all values
+    weights = np.clip(np.round(fitted * (1 << _SHIFT)), -32768, 32767).astype(np.int64)
+    maps, model = _linear_maps(weights), _Model(vmax, weights)
+    encoder = constriction.stream.queue.RangeEncoder()
+    categorical = constriction.stream.model.Categorical(perfect=False)
+    symbols = flat.astype(np.int32)
+
+    def code(t: int, found: np.ndarray) -> np.ndarray:
+        a, b = layout.bounds[t], layout.bounds[t + 1]
+        start, mirror = model.locate((found @ maps).astype(np.int64))
+        encoder.encode(symbols[a:b], categorical, model.probabilities(start))
+        model.update(start, mirror, flat[a:b])
+        return flat[a:b]
+
+    layout.scan(code)
+    crc = zlib.crc32(values.astype(np.uint8).tobytes())
+    return (_CONTEXT_HEADER.pack(vmax, crc) + weights.astype("<i2").tobytes()
+            + encoder.get_compressed().astype("<u4").tobytes())
+
+
+def decode_pae_context(data: bytes, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_pae_context`: int64 (n, n), n >= 1.
+
+    Raises:
+        ValueError: the bytes are not a context-coded matrix of that size (checked by the CRC).
+    """
+    import constriction
+
+    head = _CONTEXT_HEADER.size + 2 * len(_OFFSETS)
+    if len(data) < head or (len(data) - head) % 4:
+        raise ValueError("compact record: the PAE context coding is truncated")
+    vmax, crc = _CONTEXT_HEADER.unpack_from(data)
+    if vmax > CONTEXT_MAX_VALUE:
+        raise ValueError(f"compact record: PAE context coding with max value {vmax}")
+    weights = np.frombuffer(data, "<i2", len(_OFFSETS), _CONTEXT_HEADER.size).astype(np.int64)
+    words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
+    layout = _Layout(n)
+    maps, model = _linear_maps(weights), _Model(vmax, weights)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    categorical = constriction.stream.model.Categorical(perfect=False)
+
+    def decode(t: int, found: np.ndarray) -> np.ndarray:
+        start, mirror = model.locate((found @ maps).astype(np.int64))
+        decoded = decoder.decode(categorical, model.probabilities(start))
+        model.update(start, mirror, decoded)
+        return decoded
+
+    try:
+        values = layout.scan(decode)
+    except (ValueError, RuntimeError, IndexError, AssertionError) as e:  # constriction asserts on invalid data
+        raise ValueError(f"compact record: the PAE context coding does not decode: {e}") from e
+    matrix = layout.matrix(values)
+    if zlib.crc32(matrix.astype(np.uint8).tobytes()) != crc:
+        raise ValueError("compact record: the PAE context coding is corrupt (CRC mismatch)")
+    return matrix

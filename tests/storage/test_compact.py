@@ -29,6 +29,13 @@ from storage.compact import (
     section_sizes,
     template_atom_mask,
 )
+from storage.compact_pae import (
+    CODEC_CONTEXT,
+    CODEC_JPEGXL_8,
+    decode_pae_context,
+    encode_pae_context,
+    encode_pae_image,
+)
 from storage.mmcif import read_modelcif, validate_modelcif
 from storage.structure_record import encode_prediction, read_record
 from tests.afdb_data import AFDB, DATA, DICTIONARY, ENTRIES
@@ -303,3 +310,82 @@ def test_truncated_or_foreign_pae_image_is_refused() -> None:
     bad = head + struct.pack("<BII", 1, n * n, len(foreign)) + foreign
     with pytest.raises(ValueError, match="PAE image does not decode"):
         decode_pae(bad)
+
+
+def _pae_section(record: bytes) -> tuple[int, bytes]:
+    """(codec byte, payload) of a record's PAE section (the last one)."""
+    size = section_sizes(record)["pae"]
+    codec, _, stored = struct.unpack_from("<BII", record, len(record) - size)
+    return codec, record[len(record) - stored :]
+
+
+@pytest.mark.parametrize("accession", ENTRIES)
+def test_real_pae_uses_the_context_coder_and_beats_jpeg_xl(accession: str) -> None:
+    """Format 3 writes the real AFDB PAE with the context coder: smaller than lossless JPEG XL."""
+    structure = _afdb_structure(accession)
+    assert structure.pae is not None
+    codec, payload = _pae_section(encode_structure(structure))
+    assert codec == CODEC_CONTEXT
+    assert len(payload) < 0.96 * len(encode_pae_image(structure.pae)[1])
+    np.testing.assert_array_equal(decode_pae_context(payload, len(structure.sequence)), structure.pae)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.sampled_from([0, 1, 2, 31, 63]), st.sampled_from(["random", "smooth", "blocks"]),
+       st.integers(0, 2**32 - 1))
+def test_context_coder_round_trips(n: int, top: int, kind: str, seed: int) -> None:
+    """Any matrix within 0-63, including the edges (one row, constant, all zeros), decodes exactly."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        pae = rng.integers(0, top + 1, (n, n))
+    elif kind == "smooth":
+        i, j = np.indices((n, n))
+        pae = np.clip(np.abs(i - j) // 2 + rng.integers(-1, 2, (n, n)), 0, top)
+    else:
+        pae = np.clip(rng.integers(0, top + 1, (n, 1)) + rng.integers(0, 2, (1, n)), 0, top)
+    np.testing.assert_array_equal(decode_pae_context(encode_pae_context(pae), n), pae)
+
+
+def test_context_coder_strips_round_trip() -> None:
+    """Sizes that cut into several strips with a short last one (n // 128 strips) decode exactly."""
+    rng = np.random.default_rng(11)
+    for n in (256, 259, 300):
+        i, j = np.indices((n, n))
+        pae = np.clip(np.abs(i - j) // 9 + rng.integers(-1, 2, (n, n)), 0, 31)
+        np.testing.assert_array_equal(decode_pae_context(encode_pae_context(pae), n), pae)
+
+
+def test_corrupt_context_coding_is_refused() -> None:
+    structure = _afdb_structure("O05023")
+    record = encode_structure(structure)
+    codec, payload = _pae_section(record)
+    assert codec == CODEC_CONTEXT
+    head = record[: len(record) - len(payload)]
+    flipped = bytearray(payload)
+    flipped[len(payload) // 2] ^= 0x5A
+    with pytest.raises(ValueError, match="PAE context coding"):
+        decode_pae(head + bytes(flipped))
+    with pytest.raises(ValueError, match="PAE context coding is truncated"):
+        decode_pae_context(payload[:20], len(structure.sequence))
+    with pytest.raises(ValueError, match="PAE context coding"):
+        decode_pae_context(payload[:-4], len(structure.sequence))
+    with pytest.raises(ValueError, match=r"codec/width 9"):
+        decode_pae(head[:-9] + struct.pack("<BII", 9, *struct.unpack_from("<II", head, len(head) - 8)) + payload)
+    # a format 2 record holds only JPEG XL: codec 3 there is refused
+    v2 = (DATA / "compact" / "AF-O05023-F1.v2.fac").read_bytes()
+    at = len(v2) - section_sizes(v2)["pae"]
+    assert v2[3] == 2 and v2[at] in (1, 2)
+    with pytest.raises(ValueError, match="codec/width 3"):
+        decode_pae(v2[:at] + bytes([3]) + v2[at + 1 :])
+
+
+def test_values_beyond_the_context_coder_use_jpeg_xl() -> None:
+    """PAE values above 63 (the record allows 0-65535) are written as JPEG XL and decode exactly."""
+    structure = _afdb_structure("O05023")
+    n = len(structure.sequence)
+    noise = np.random.default_rng(5).integers(0, 256, (n, n))  # beyond the context coder's 0-63
+    record = encode_structure(CompactStructure(structure.sequence, structure.atom_mask, structure.coords,
+                                               structure.plddt, noise))
+    assert _pae_section(record)[0] == CODEC_JPEGXL_8
+    back = decode_pae(record)
+    assert back is not None and np.array_equal(back, noise)
