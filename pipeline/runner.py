@@ -5,6 +5,14 @@ streams work units through a Ray Data job (a fold actor pool, GPU actors when GP
 write actor pool) and publishes each unit's staged shards as its manifest arrives. Killing the
 driver at any moment leaves a consistent atlas; the same command resumes (see
 :mod:`storage.atlas` for the protocol and :mod:`pipeline.plan` for what is skipped).
+
+Ingest and plan stream (:mod:`pipeline.spill`, :mod:`pipeline.plan`): records live in Parquet
+under the run's scratch directory ``<staging>/_plan/`` (a local atlas: ``<atlas>/_staging/<run_id>/``,
+which every node of a cluster sees when the atlas is on a shared filesystem; an S3 atlas: the
+driver's local temp directory, so the Ray workers that load unit payloads must run on the driver's
+node, as a local Ray does; docs/operations.md). The Ray Data job starts from one small row per
+unit (its id and where its payload lies in the units Parquet) and loads each payload in a
+light task, one unit per block, so the driver never holds the records and a crash costs one unit.
 """
 
 from __future__ import annotations
@@ -26,9 +34,8 @@ from typing import Any
 
 from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
-from pipeline.ingest import ingest_many
 from pipeline.msa_stage import MSASpec, make_spec
-from pipeline.plan import Plan, WorkUnit, make_plan, reject_key, unit_id_for
+from pipeline.plan import UNITS_SCHEMA, StreamPlan, WorkUnit, route_long, unit_id_for
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
 from storage.atlas import Atlas
@@ -73,25 +80,6 @@ def _model_settings(cfg: RunConfig, chunk_size: int | None = None) -> Any:
                            fast=FastPathSettings() if m.fast_path else None)
 
 
-def route_long(units: Sequence[WorkUnit], above: int | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
-    """(normal units, long units): a unit straddling ``above`` is cut in two (deterministic ids)."""
-    if above is None:
-        return list(units), []
-    normal: list[WorkUnit] = []
-    long: list[WorkUnit] = []
-    for u in units:
-        short_seqs = tuple(s for s in u.sequences if len(s) <= above)
-        if len(short_seqs) in (0, len(u.sequences)):
-            (normal if short_seqs else long).append(u)
-            continue
-        for seqs, dest in ((short_seqs, normal), (tuple(s for s in u.sequences if len(s) > above), long)):
-            recs = tuple(r for r in u.records if r.sequence in set(seqs))
-            shas = {r.sha256 for r in recs}
-            dest.append(WorkUnit(unit_id_for(u.model, shas), u.model, seqs, recs,
-                                 tuple(m for m in u.msa_cached if m[0] in shas)))
-    return normal, long
-
-
 def _check_model_inputs(cfg: RunConfig) -> None:
     """Fail before any work when the model cannot be loaded (missing weights)."""
     from model.weights import HOW_TO_GET_WEIGHTS
@@ -103,36 +91,22 @@ def _check_model_inputs(cfg: RunConfig) -> None:
         raise WeightsError(f"weights directory {cfg.model.weights} does not exist", hint=HOW_TO_GET_WEIGHTS)
 
 
-def _rejects_table(plan: Plan, run_id: str) -> Any:
+def _rejects_table(batch: Any, run_id: str) -> Any:
+    """A ``rejects`` shard from a batch of the plan's new rejects (``pipeline.spill.REJECTED_SCHEMA``)."""
     import pyarrow as pa
 
     now = datetime.now(UTC)
     rows = [{
-        "reject_key": reject_key(r), "reason": r.code, "detail": r.detail, "accession": r.accession,
-        "header": r.header, "raw_sequence": r.raw_sequence, "source_file": Path(r.source).name,
-        "source_record_index": r.record_index, "source_line": r.line, "run_id": run_id, "created_at": now,
-    } for r in plan.new_rejects]
+        "reject_key": r["reject_key"], "reason": r["code"], "detail": r["detail"], "accession": r["accession"],
+        "header": r["header"], "raw_sequence": r["raw_sequence"], "source_file": Path(r["source"]).name,
+        "source_record_index": r["record_index"], "source_line": r["line"], "run_id": run_id, "created_at": now,
+    } for r in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
 
 
 def _content_name(prefix: str, keys: Sequence[str]) -> str:
     h = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20]
     return f"{prefix}-{h}.parquet"
-
-
-def _structure_rows(atlas: Atlas, model: str, shas: set[str]) -> dict[str, dict[str, Any]]:
-    if not shas:
-        return {}
-    con = atlas.duckdb()
-    try:
-        con.execute("CREATE TEMP TABLE want(sha VARCHAR)")
-        con.executemany("INSERT INTO want VALUES (?)", [(s,) for s in shas])
-        tbl = con.sql(
-            f"SELECT s.* EXCLUDE (plddt) FROM read_parquet('{atlas.glob('structures')}', union_by_name=true) s "
-            "JOIN want ON s.sequence_sha256 = want.sha WHERE s.model = ?", params=[model]).to_arrow_table()
-    finally:
-        con.close()
-    return {r["sequence_sha256"]: r for r in tbl.to_pylist()}
 
 
 def _ray_init(cfg: RunConfig) -> bool:
@@ -151,9 +125,43 @@ def _ray_init(cfg: RunConfig) -> bool:
     return True
 
 
-def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, tracker: Any = None,
-                  isolate: bool = False) -> Any:
-    """The Ray Data job; yields one manifest dict per finished unit.
+def unit_refs(path: Path) -> list[dict[str, Any]]:
+    """One small row per unit of a units Parquet file: its id and the row group holding its payload."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    return [{"unit_id": uid, "source": str(path), "row_group": rg}
+            for rg in range(pf.num_row_groups) for uid in pf.read_row_group(rg, columns=["unit_id"]).column(0).to_pylist()]
+
+
+def load_payloads(batch: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data task: the pickled WorkUnit of each unit row (``unit_refs``), read from its row group."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    payloads = []
+    for uid, source, rg in zip(batch["unit_id"], batch["source"], batch["row_group"], strict=True):
+        table = pq.ParquetFile(str(source)).read_row_group(int(rg), columns=["unit_id", "payload"])
+        ids = table.column(0).to_pylist()
+        payloads.append(table.column(1)[ids.index(uid)].as_py())
+    return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
+
+
+def write_units_file(path: Path, units: Sequence[WorkUnit]) -> Path:
+    """Units (pass 2: lost units split into single sequences) in the units Parquet layout."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "unit_id": [u.unit_id for u in units], "payload": [pickle.dumps(u, protocol=5) for u in units],
+        "sequences": [len(u.sequences) for u in units], "records": [len(u.records) for u in units],
+        "residues": [u.residues for u in units]}, schema=UNITS_SCHEMA), path, row_group_size=8)
+    return path
+
+
+def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunConfig, ctx: WriteContext,
+                  tracker: Any = None, isolate: bool = False) -> Any:
+    """The Ray Data job over ``(unit refs, is long)`` parts; yields one manifest dict per finished unit.
 
     A unit whose worker process dies is retried on a restarted actor up to ``ray.max_task_retries``
     times; after that Ray Data drops its block (``max_errored_blocks = -1``) and the stream goes on,
@@ -183,8 +191,8 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     # fold actor divides the cores of the node it lands on by fold_actors when this is None)
     threads = cfg.ray.torch_threads
     long_cfg = cfg.long_sequences
-    pools = []  # (units, fold settings, model settings, actors, memory reserved per actor)
-    for part, is_long in zip(route_long(units, long_cfg.chunked_above), (False, True), strict=True):
+    pools = []  # (unit refs, fold settings, model settings, actors, memory reserved per actor)
+    for part, is_long in parts:
         if not part:
             continue
         if is_long:
@@ -196,8 +204,10 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
                           _model_settings(cfg), cfg.ray.fold_actors, None))
     folded = []
     for part, fold_settings, model_settings, actors, memory in pools:
-        items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in part]
-        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        # one block per unit (a worker crash then costs one unit); payloads load in a light task
+        ds: Any = ray.data.from_items(part, override_num_blocks=max(1, len(part)))
+        ds = ds.map_batches(load_payloads, batch_size=1, batch_format="numpy", num_cpus=0.01, **(
+            {"runtime_env": retry["runtime_env"]} if "runtime_env" in retry else {}))
         if ctx.msa is not None:
             from pipeline.stages import MSAActor
 
@@ -274,16 +284,19 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         atlas.write_run_file(run_id, "config.json", dump_config(cfg))
         atlas.write_run_file(run_id, "provenance.json", json.dumps(provenance, indent=2))
 
-        result = ingest_many([str(p) for p in inputs], cfg.ingest)
-        summary.read, summary.rejected = result.n_read, len(result.rejected)
-        summary.accepted = len({(r.source, r.record_index) for r in result.accepted})  # fragments: one record
-        per_record = Counter((r.source, r.record_index) for r in result.accepted)
-        summary.fragments = sum(n for n in per_record.values() if n > 1)
-        summary.rejected_by_reason = result.reject_counts()
-        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
-                         reuse_models=cfg.plan.reuse_models)
-        summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
-        summary.units_planned, summary.sequences_planned = len(plan.units), plan.sequences_to_predict
+        from pipeline.plan import plan_run
+        from pipeline.spill import ingest_to_parquet
+
+        scratch = atlas.staging_dir(run_id) / "_plan"  # outside every table glob; removed with staging
+        spill = ingest_to_parquet([str(p) for p in inputs], cfg.ingest, scratch / "ingest",
+                                  workers=cfg.plan.ingest_workers, memory_limit=cfg.plan.memory_limit)
+        summary.read, summary.rejected, summary.accepted = spill.n_read, spill.rejected, spill.accepted
+        summary.fragments, summary.rejected_by_reason = spill.fragments, dict(spill.rejected_by_reason)
+        plan = plan_run(spill, atlas, cfg.model.name, cfg.plan, scratch / "plan", msa=msa_spec,
+                        reuse_models=cfg.plan.reuse_models, long_above=cfg.long_sequences.chunked_above,
+                        memory_limit=cfg.plan.memory_limit)
+        summary.already_in_atlas, summary.new_rejects = plan.already_done, plan.new_rejects
+        summary.units_planned, summary.sequences_planned = plan.units, plan.sequences_to_predict
 
         staging = atlas.staging_dir(run_id)
         staging.mkdir(parents=True, exist_ok=True)
@@ -293,19 +306,11 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         ctx = WriteContext(staging=str(staging), atlas=atlas.uri, run_id=run_id, policy=cfg.confidence,
                            provenance=provenance,
                            is_reference_proteome=cfg.is_reference_proteome, msa=msa_spec)
-        if plan.new_rejects:
-            name = _content_name("rejects", [reject_key(r) for r in plan.new_rejects])
-            write_shard("rejects", _rejects_table(plan, run_id), staging / name, provenance)
+        for batch in plan.iter_new_rejects():  # bounded batches, one shard each
+            name = _content_name("rejects", batch.column("reject_key").to_pylist())
+            write_shard("rejects", _rejects_table(batch, run_id), staging / name, provenance)
             atlas.publish_file(staging / name, "rejects", name)
-        if plan.link_records:
-            structures = _structure_rows(atlas, cfg.model.name, {r.sha256 for r in plan.link_records})
-            table = entry_rows_for_links(plan.link_records, structures, cfg.model.name, ctx, plan.msa_known)
-            name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
-            write_shard("entries", table, staging / name, provenance)
-            atlas.publish_file(staging / name, "entries", name)
-            summary.linked = summary.entries_written = len(plan.link_records)
-        if plan.reused:
-            _publish_reused(plan, ctx, atlas, summary)
+        _publish_entries(plan, ctx, atlas, summary)
         if plan.units:
             _run_units(plan, cfg, ctx, atlas, summary, progress)
         summary.total_seconds = time.perf_counter() - t0
@@ -318,19 +323,21 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     return summary
 
 
-def _publish_reused(plan: Plan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
-    """Entries for records whose sequence reuses an imported structure (pipeline.reuse)."""
-    for model, records in sorted(plan.reused.items()):
-        structures = _structure_rows(atlas, model, {r.sha256 for r in records})
-        table = entry_rows_for_links(records, structures, model, ctx, plan.msa_known)
-        name = _content_name("reuse", [f"{r.accession}:{r.sha256}:{model}" for r in records])
-        write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
-        atlas.publish_file(Path(ctx.staging) / name, "entries", name)
-        summary.linked += len(records)
-        summary.entries_written += len(records)
+def _publish_entries(plan: StreamPlan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
+    """Link entries (this model predicted the sequence earlier) and reuse entries (an imported
+    structure, pipeline.reuse), in bounded batches of the plan's files, one shard each."""
+    for kind in ("link", "reuse"):
+        for model, records, structures, msa in plan.iter_entry_batches(kind):
+            table = entry_rows_for_links(records, structures, model, ctx, msa)
+            suffix = f":{model}" if kind == "reuse" else ""
+            name = _content_name(kind, [f"{r.accession}:{r.sha256}{suffix}" for r in records])
+            write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
+            atlas.publish_file(Path(ctx.staging) / name, "entries", name)
+            summary.linked += len(records)
+            summary.entries_written += len(records)
 
 
-def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,
+def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,
                progress: bool) -> None:
     import threading
 
@@ -342,9 +349,9 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     tiers: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     t_fold = time.perf_counter()
-    normal, long = route_long(plan.units, cfg.long_sequences.chunked_above)
-    summary.units_planned, summary.units_long = len(normal) + len(long), len(long)
-    by_id = {u.unit_id: u for u in (*normal, *long)}
+    summary.units_planned, summary.units_long = plan.units, plan.units_long
+    by_id = dict(plan.unit_counts)  # unit id -> (sequences, residues): ids and counts, never records
+    parts = [(unit_refs(plan.units_files[k]), k == "long") for k in ("normal", "long") if k in plan.units_files]
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -380,24 +387,32 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            pending: list[WorkUnit] = [*normal, *long]
+            pending = [r["unit_id"] for part, _ in parts for r in part]
+            lost_units: list[WorkUnit] = []
             for attempt in (1, 2):
                 done: set[str] = set()
-                for manifest in _stream_units(pending, cfg, ctx, tracker, isolate=attempt > 1):
+                for manifest in _stream_units(parts, cfg, ctx, tracker, isolate=attempt > 1):
                     _publish(atlas, ctx, manifest, by_id[manifest["unit_id"]], tracker, summary, tiers, failed)
                     done.add(manifest["unit_id"])
-                lost = [u for u in pending if u.unit_id not in done]
+                lost = [u for u in pending if u not in done]
                 if not lost:
                     break
                 log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
-                            cfg.ray.max_task_retries + 1, attempt, ", ".join(u.unit_id for u in lost[:5]))
+                            cfg.ray.max_task_retries + 1, attempt, ", ".join(lost[:5]))
                 # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
-                pending = [single for u in lost for single in split_unit(u)] if attempt == 1 else lost
-                by_id.update({u.unit_id: u for u in pending})
+                # (payloads read back from the units files; lost units are few)
+                lost_units = ([single for u in plan.load_units(lost) for single in split_unit(u)] if attempt == 1
+                              else [u for u in lost_units if u.unit_id in set(lost)])
+                pending = [u.unit_id for u in lost_units]
+                by_id.update({u.unit_id: (len(u.sequences), u.residues) for u in lost_units})
+                if attempt == 1:
+                    normal, long = route_long(lost_units, cfg.long_sequences.chunked_above)
+                    parts = [(unit_refs(write_units_file(plan.root / f"units-retry-{k}.parquet", us)), k == "long")
+                             for k, us in (("normal", normal), ("long", long)) if us]
             else:
-                for unit in pending:  # crashed alone on every attempt: failure rows, never a silent skip
+                for unit in lost_units:  # crashed alone on every attempt: failure rows, never a silent skip
                     manifest = _crash_failures(unit, cfg, ctx, atlas)
-                    _publish(atlas, ctx, manifest, unit, tracker, summary, tiers, failed)
+                    _publish(atlas, ctx, manifest, by_id[unit.unit_id], tracker, summary, tiers, failed)
             stop.set()
             poller.join(timeout=60)
             if sample(60) is None:
@@ -414,12 +429,12 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
             ray.shutdown()
 
 
-def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: WorkUnit, tracker: Any,
+def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: tuple[int, int], tracker: Any,
              summary: RunSummary, tiers: Counter[str], failed: Counter[str]) -> None:
-    """Publish one unit's staged shards and add its counts to the summary."""
+    """Publish one unit's staged shards and add its counts to the summary (``unit``: sequences, residues)."""
     t_pub = time.perf_counter()
     atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
-    tracker.record.remote("publish", len(unit.sequences), unit.residues, time.perf_counter() - t_pub)
+    tracker.record.remote("publish", unit[0], unit[1], time.perf_counter() - t_pub)
     c = manifest["counts"]
     summary.units_published += 1
     summary.predicted += c["structures"]
