@@ -12,15 +12,17 @@ alone; other compressions (bzip2, xz, zstd, zip) and Parquet are refused with a 
 single-line sequences, LF / CRLF / CR line endings, blank lines, whitespace inside and around
 sequence lines (removed), lower-case residues (upper-cased, with a note). Text is decoded as
 UTF-8 with undecodable bytes replaced by U+FFFD (which then fails ``invalid_character`` in a
-sequence). Reading streams: one record in memory at a time; the duplicate-accession check keeps
-one small tuple per accepted accession. Throughput is about 1.5 M residues/s per core, most of it
-Biopython's pure-Python CRC64.
+sequence). Reading streams, in 1 MiB blocks (:mod:`pipeline.scan`): clean records (the common
+case) take a fast path of a few byte operations and the hashes; every other record is read line by
+line as described here, with identical results. Runs do not keep records in lists:
+:func:`pipeline.spill.ingest_to_parquet` writes them to Parquet and finds duplicate accessions in
+SQL; :func:`ingest_many` below (lists) is for tests and small tools. The UniProt CRC64 comes from
+anycrc's C implementation (Biopython's is pure Python, about 1 MB/s).
 
 Why a small record reader and not Biopython's ``SimpleFastaParser``: the parser does not report
 line numbers, ignores (or, depending on the version, warns about and drops) text before the first
 ``>``, and cannot hand back the raw lines of a bad record. The rejects table needs all three, so
-:func:`_raw_records` groups lines itself (about 60 lines); Biopython is still used for the UniProt
-CRC64 (:func:`Bio.SeqUtils.CheckSum.crc64`).
+:func:`_raw_records` groups lines itself (about 60 lines).
 
 Checks, in this order (the first failure is the reason): header without an accession
 (``malformed_header``), text before the first header (``malformed_record``), empty sequence,
@@ -39,6 +41,7 @@ import gzip
 import hashlib
 import io
 import logging
+import operator
 import os
 import re
 import zlib
@@ -199,6 +202,10 @@ class AcceptedRecord:
     fragment: int = 1  # 1 for a whole sequence; k for fragment Fk of a long one
     start: int = 1  # first residue of ``sequence`` in the input sequence (1-based)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # the generic pickling of a slots dataclass calls dataclasses.fields() per object: 5x slower
+        return AcceptedRecord, _ACCEPTED_VALUES(self)
+
     def afdb_metadata(self) -> dict[str, Any]:
         """The AlphaFold DB ``metadata`` columns that the input alone determines."""
         return {
@@ -214,6 +221,30 @@ class AcceptedRecord:
             "uniprotStart": self.start,
             "uniprotEnd": self.start + self.length - 1,
         }
+
+
+_ACCEPTED_VALUES = operator.attrgetter(*AcceptedRecord.__dataclass_fields__)
+
+#: The fields a scan keeps of an accepted record (``LiteRecord``); the rest follows from them.
+LITE_FIELDS = ("source", "record_index", "line", "header", "accession", "sequence", "length", "sha256", "notes",
+               "fragment", "start")
+LiteRecord = tuple[str, int, int, str, str, str, int, str, tuple[str, ...], int, int]
+
+
+def record_from_lite(lite: LiteRecord | tuple[Any, ...]) -> AcceptedRecord:
+    """The AcceptedRecord of a ``LiteRecord``: header fields parsed, CRC64 and MD5 computed (what
+    the scanner's fast path and the Parquet spill leave out, for the records that need them)."""
+    source, index, line, header, accession, seq, length, sha256, notes, fragment, start = lite
+    f = header_fields(header)
+    data = seq.encode("ascii")
+    return AcceptedRecord(source, index, line, header, accession, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                          seq, length, sha256, crc64_hex(data), hashlib.md5(data).hexdigest(), tuple(notes or ()),
+                          fragment, start)
+
+
+def lite_from_record(rec: AcceptedRecord) -> LiteRecord:
+    return (rec.source, rec.record_index, rec.line, rec.header, rec.accession, rec.sequence, rec.length, rec.sha256,
+            rec.notes, rec.fragment, rec.start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +311,18 @@ HeaderTuple = tuple[str | None, str | None, str, str | None, int | None, str | N
                     int | None]
 
 
+def header_accession(header: str) -> str | None:
+    """The accession alone, as :func:`header_fields` reads it (the scanner's fast path)."""
+    title = header[1:] if header.startswith(">") else header
+    parts = title.split(None, 1)
+    if not parts:
+        return None
+    ids = parts[0].split("|")
+    return ids[1] if len(ids) == 3 and ids[0] in ("sp", "tr") and ids[1] else parts[0]
+
+
 def header_fields(header: str) -> HeaderTuple:
-    """:func:`parse_header`'s fields as a tuple, in :class:`HeaderFields` order (the scanner's form)."""
+    """:func:`parse_header`'s fields as a tuple, in :class:`HeaderFields` order."""
     title = header[1:] if header.startswith(">") else header
     parts = title.split(None, 1)
     if not parts:
@@ -581,7 +622,7 @@ def _iter_file(
     for item, offset, length, sub in scan(source, policy):
         n_read += 1
         tally.n_read += 1
-        result = AcceptedRecord(*item) if type(item) is tuple else item
+        result = record_from_lite(item) if type(item) is tuple else item
         if isinstance(result, AcceptedRecord):
             first = tally.seen.get(result.accession)
             if first is None:

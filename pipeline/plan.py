@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import PlanConfig
-from pipeline.ingest import AcceptedRecord, IngestPolicy, RejectedRecord
+from pipeline.ingest import AcceptedRecord, IngestPolicy, RejectedRecord, lite_from_record
 from pipeline.msa_stage import MSASpec, MSAStat
 from storage.atlas import Atlas
 
@@ -302,17 +302,19 @@ def _plan_sql(con: Any, spill: Any, atlas: Atlas, plan: StreamPlan, msa: MSASpec
             f"FROM {acc}) k JOIN {g['msas']} m ON m.msa_key = k.msa_key", [msa.db_id, msa.params_key])
     else:
         con.execute("CREATE TEMP TABLE msa_known (sha256 VARCHAR, msa_key VARCHAR, msa_depth BIGINT, msa_neff DOUBLE)")
-    not_done = f"{acc} a ANTI JOIN ekeys e ON a.accession = e.accession AND a.sha256 = e.sha256"
-    plan.already_done = _count(con, f"SELECT count(*) FROM {acc}") - _count(con, f"SELECT count(*) FROM {not_done}")
+    # one pass over the spill: records without their entry row, and whether this model predicted them
+    # (a temp table: DuckDB keeps it compressed and spills it beyond the memory limit)
+    con.execute(f"CREATE TEMP TABLE not_done AS SELECT a.* EXCLUDE (chunk_offset, chunk_length, chunk_sub), "
+                f"a.sha256 IN (SELECT sha256 FROM pred) AS predicted FROM {acc} a ANTI JOIN ekeys e "
+                "ON a.accession = e.accession AND a.sha256 = e.sha256")
+    plan.already_done = _count(con, f"SELECT count(*) FROM {acc}") - _count(con, "SELECT count(*) FROM not_done")
     # link entries: the sequence was predicted by this model
-    con.execute(f"COPY (SELECT a.*, $1 AS entry_model, p.* EXCLUDE (sha256), m.* EXCLUDE (sha256) FROM {not_done} "
-                "JOIN pred p ON a.sha256 = p.sha256 LEFT JOIN msa_known m ON a.sha256 = m.sha256 "
-                f"ORDER BY a.file_no, a.record_index, a.fragment) TO '{_q(root / 'link.parquet')}' (FORMAT parquet)",
-                [plan.model])
-    plan.linked = _count(con, f"SELECT count(*) FROM read_parquet('{_q(root / 'link.parquet')}')")
-    con.execute(f"COPY (SELECT a.* FROM {not_done} ANTI JOIN pred p ON a.sha256 = p.sha256) "
-                f"TO '{_q(root / 'todo.parquet')}' (FORMAT parquet)")
-    todo = f"read_parquet('{_q(root / 'todo.parquet')}')"
+    con.execute("COPY (SELECT a.* EXCLUDE (predicted), $1 AS entry_model, p.* EXCLUDE (sha256), m.* EXCLUDE (sha256) "
+                "FROM not_done a JOIN pred p ON a.sha256 = p.sha256 LEFT JOIN msa_known m ON a.sha256 = m.sha256 "
+                f"WHERE a.predicted ORDER BY a.file_no, a.record_index, a.fragment) TO '{_q(root / 'link.parquet')}' "
+                "(FORMAT parquet)", [plan.model])
+    plan.linked = _count(con, "SELECT count(*) FROM not_done WHERE predicted")
+    todo = "(SELECT * EXCLUDE (predicted) FROM not_done WHERE NOT predicted)"
     if reuse_models:
         todo = _reuse(con, plan, todo, g, reuse_models)
     con.execute(f"CREATE TEMP VIEW todo AS SELECT t.*, m.msa_key, m.msa_depth, m.msa_neff FROM {todo} t "
@@ -464,8 +466,10 @@ def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], at
             (root / sub).mkdir()
         files = sorted({r.source for r in accepted} | {r.source for r in rejected})
         file_no = {s: i for i, s in enumerate(files)}
-        rows = [(*_fields(r), file_no[r.source], None, -1, -1, 0) for r in accepted]
-        pq.write_table(pa.Table.from_batches([accepted_batch(rows)]), root / "accepted" / "records.parquet")
+        for src in files or [""]:
+            rows = [(*lite_from_record(r), file_no[r.source], None, -1, -1, 0) for r in accepted if r.source == src]
+            pq.write_table(pa.Table.from_batches([accepted_batch(rows, src)]),
+                           root / "accepted" / f"records-{file_no.get(src, 0)}.parquet")
         by_file: dict[int, list[RejectedRecord]] = {}
         for bad in rejected:
             by_file.setdefault(file_no[bad.source], []).append(bad)
@@ -486,9 +490,3 @@ def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], at
         for u in plan.units:
             plan.msa_known.update(dict(u.msa_cached))
     return plan
-
-
-def _fields(rec: AcceptedRecord) -> tuple[Any, ...]:
-    from pipeline.spill import RECORD_COLUMNS
-
-    return tuple(getattr(rec, c) for c in RECORD_COLUMNS)

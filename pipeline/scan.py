@@ -5,8 +5,9 @@ same gate as :mod:`pipeline.ingest`, with the same results, at about 10x the spe
 reader: the file is read in 1 MiB blocks and cut into records with ``bytes.split(b"\\n>")``. A
 *clean* record (ASCII header with an accession, sequence lines of the 20 standard upper-case
 letters and whitespace only, length within the policy's bounds, no lone CR) is accepted on the fast
-path: whitespace removed with ``bytes.translate``, hashes over the bytes, a tuple of
-:class:`~pipeline.ingest.AcceptedRecord`'s fields instead of an object. Every other record (a
+path: whitespace removed with ``bytes.translate``, the accession and SHA-256, a tuple instead of an
+object; the other header fields, CRC64 and MD5 are computed later for the records that need them
+(to be predicted or linked; half of a rerun's records need nothing). Every other record (a
 reject, lower case, a terminal ``*``, a non-standard letter, a lone CR) goes through
 :func:`pipeline.ingest._check` on the record's own lines, exactly as the line reader would read
 them, so details, notes and line numbers are identical.
@@ -31,13 +32,12 @@ from typing import Any, BinaryIO
 
 from pipeline.errors import InputError
 from pipeline.ingest import (
-    _CRC64,
     IngestPolicy,
     _check,
     _open_binary,
     _raw_records,
     _RawRecord,
-    header_fields,
+    header_accession,
 )
 
 BLOCK = 1 << 20  # bytes per read; gzip reads return what one decompression step yields
@@ -47,8 +47,9 @@ _STANDARD = b"ACDEFGHIKLMNPQRSTVWY"
 _LINE_END = re.compile(r"\r\n|\r|\n")  # universal newlines, as io.TextIOWrapper(newline=None) reads
 
 #: What :func:`scan` yields: ``(record, chunk offset, chunk length, position in chunk)``. ``record``
-#: is a tuple of AcceptedRecord's fields (fast path), an AcceptedRecord or a RejectedRecord. Offset
-#: and length are -1 for files read by the line reader.
+#: is a :data:`pipeline.ingest.LiteRecord` tuple (fast path: accession, sequence and SHA-256 only;
+#: :func:`pipeline.ingest.record_from_lite` adds the rest), an AcceptedRecord or a RejectedRecord.
+#: Offset and length are -1 for files read by the line reader.
 Scanned = tuple[Any, int, int, int]
 
 
@@ -168,11 +169,10 @@ def scan(source: str, policy: IngestPolicy, *, start: int = 0, end: int | None =
                         n = len(seq)
                         if lo <= n <= hi and not seq.translate(None, _STANDARD):
                             header = chunk[:nl].decode("utf-8", "replace").rstrip()
-                            f = header_fields(header)
-                            if f[0] is not None:
-                                rec = (source, index, line_now[0], header, *f, seq.decode("ascii"), n,
-                                       hashlib.sha256(seq).hexdigest(), f"{_CRC64.calc(seq):016X}",
-                                       hashlib.md5(seq).hexdigest(), (), 1, 1)
+                            accession = header_accession(header)
+                            if accession is not None:
+                                rec = (source, index, line_now[0], header, accession, seq.decode("ascii"), n,
+                                       hashlib.sha256(seq).hexdigest(), (), 1, 1)
                 if rec is not None:
                     yield rec, pos, len(chunk), 0
                     index += 1

@@ -3,8 +3,9 @@
 :func:`ingest_to_parquet` scans the inputs with :func:`pipeline.scan.scan` and writes every record
 into Parquet files under a scratch directory, ``batch_rows`` records per row group:
 
-``accepted/*.parquet``  :data:`ACCEPTED_SCHEMA`: AcceptedRecord's fields (fragments F1..Fn of a
-    long sequence are rows of their own) plus ``file_no`` (position of the file in the input
+``accepted/*.parquet``  :data:`ACCEPTED_SCHEMA`: the fields a record's other fields follow from
+    (``pipeline.ingest.LITE_FIELDS``: header, accession, sequence, SHA-256 ...; fragments F1..Fn of
+    a long sequence are rows of their own) plus ``file_no`` (position of the file in the input
     list), ``whole_sha256`` (a fragment's whole sequence) and where the record's chunk lies in the
     file (for :func:`pipeline.scan.reread`).
 ``rejected/*.parquet``  :data:`REJECTED_SCHEMA`: RejectedRecord's fields plus ``file_no`` and the
@@ -38,17 +39,21 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.ingest import (
+    LITE_FIELDS,
     AcceptedRecord,
     IngestPolicy,
     RejectedRecord,
     duplicate_detail,
     duplicate_note,
     fragment_record,
+    lite_from_record,
+    record_from_lite,
 )
 from pipeline.scan import BLOCK, fast_path_ok, line_ends, record_starts, reread, scan
 
@@ -59,18 +64,14 @@ SPLIT_BYTES = 64 << 20  # plain files at least this big are scanned in byte rang
 RANGE_BYTES = 256 << 20  # target size of one range
 
 _S, _I = pa.string(), pa.int64()
-_RECORD_FIELDS: list[pa.Field] = [
-    pa.field("source", _S), pa.field("record_index", _I), pa.field("line", _I), pa.field("header", _S),
-    pa.field("accession", _S), pa.field("uniprot_id", _S), pa.field("description", _S),
-    pa.field("organism", _S), pa.field("tax_id", _I), pa.field("gene", _S), pa.field("is_reviewed", pa.bool_()),
-    pa.field("protein_existence", _I), pa.field("sequence_version", _I), pa.field("sequence", _S),
-    pa.field("length", _I), pa.field("sha256", _S), pa.field("crc64", _S), pa.field("md5", _S),
-    pa.field("notes", pa.list_(_S)), pa.field("fragment", _I), pa.field("start", _I),
-]
-#: AcceptedRecord's fields in order, then the spill's own columns.
-ACCEPTED_SCHEMA = pa.schema([*_RECORD_FIELDS, pa.field("file_no", pa.int32()), pa.field("whole_sha256", _S),
-                             pa.field("chunk_offset", _I), pa.field("chunk_length", _I), pa.field("chunk_sub", pa.int32())])
-RECORD_COLUMNS = [f.name for f in _RECORD_FIELDS]
+#: ``pipeline.ingest.LITE_FIELDS`` in order, then the spill's own columns.
+ACCEPTED_SCHEMA = pa.schema([
+    pa.field("source", pa.dictionary(pa.int32(), _S)), pa.field("record_index", _I), pa.field("line", _I),
+    pa.field("header", _S), pa.field("accession", _S), pa.field("sequence", _S), pa.field("length", _I),
+    pa.field("sha256", _S), pa.field("notes", pa.list_(_S)), pa.field("fragment", _I), pa.field("start", _I),
+    pa.field("file_no", pa.int32()), pa.field("whole_sha256", _S), pa.field("chunk_offset", _I),
+    pa.field("chunk_length", _I), pa.field("chunk_sub", pa.int32())])
+RECORD_COLUMNS = list(LITE_FIELDS)
 #: RejectedRecord's fields in order, then the spill's own columns.
 REJECTED_SCHEMA = pa.schema([
     pa.field("source", _S), pa.field("record_index", _I), pa.field("line", _I), pa.field("code", _S),
@@ -81,17 +82,11 @@ REJECT_COLUMNS = REJECTED_SCHEMA.names[:8]
 _DUPS_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("note", _S)])
 
 
-def record_from_row(row: dict[str, Any]) -> AcceptedRecord:
-    """An AcceptedRecord from a row with (at least) :data:`RECORD_COLUMNS`."""
-    values = [row[c] for c in RECORD_COLUMNS]
-    values[18] = tuple(values[18] or ())  # notes
-    return AcceptedRecord(*values)
-
-
 def records_from_table(table: pa.Table | pa.RecordBatch) -> list[AcceptedRecord]:
+    """AcceptedRecords from rows with (at least) :data:`RECORD_COLUMNS` (header fields parsed and
+    CRC64/MD5 computed here, for these records only)."""
     cols = [table.column(c).to_pylist() for c in RECORD_COLUMNS]
-    cols[18] = [tuple(n or ()) for n in cols[18]]
-    return [AcceptedRecord(*values) for values in zip(*cols, strict=True)]
+    return [record_from_lite(values) for values in zip(*cols, strict=True)]
 
 
 def rejects_from_table(table: pa.Table | pa.RecordBatch) -> list[RejectedRecord]:
@@ -99,15 +94,12 @@ def rejects_from_table(table: pa.Table | pa.RecordBatch) -> list[RejectedRecord]
     return [RejectedRecord(*values) for values in zip(*cols, strict=True)]
 
 
-def _record_tuple(rec: AcceptedRecord) -> tuple[Any, ...]:
-    return tuple(getattr(rec, name) for name in RECORD_COLUMNS)
-
-
-def accepted_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-    """A batch of :data:`ACCEPTED_SCHEMA` from tuples in its column order."""
+def accepted_batch(rows: list[tuple[Any, ...]], source: str) -> pa.RecordBatch:
+    """A batch of :data:`ACCEPTED_SCHEMA` from tuples in its column order, all from ``source``."""
     cols = list(zip(*rows, strict=True)) if rows else [()] * len(ACCEPTED_SCHEMA)
-    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, ACCEPTED_SCHEMA, strict=True)],
-                                      schema=ACCEPTED_SCHEMA)
+    arrays = [pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(rows), np.int32)), pa.array([source]))]
+    arrays += [pa.array(c, type=f.type) for c, f in zip(cols[1:], list(ACCEPTED_SCHEMA)[1:], strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=ACCEPTED_SCHEMA)
 
 
 def rejected_batch(recs: list[RejectedRecord], file_no: int) -> pa.RecordBatch:
@@ -223,16 +215,16 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
             res.read += 1
             if type(item) is tuple or isinstance(item, AcceptedRecord):
                 res.accepted += 1
-                values = item if isinstance(item, tuple) else _record_tuple(item)
-                if above is not None and values[14] > above:
-                    whole = values[15]
-                    frags = fragment_record(AcceptedRecord(*values), policy)
+                values = item if isinstance(item, tuple) else lite_from_record(item)
+                if above is not None and values[6] > above:
+                    whole = values[7]
+                    frags = fragment_record(record_from_lite(values), policy)
                     res.fragment_rows += len(frags) if len(frags) > 1 else 0
-                    rows += [(*_record_tuple(f), part.file_no, whole, offset, length, sub) for f in frags]
+                    rows += [(*lite_from_record(f), part.file_no, whole, offset, length, sub) for f in frags]
                 else:
                     rows.append((*values, part.file_no, None, offset, length, sub))
                 if len(rows) >= batch_rows:
-                    acc_writer.write_batch(accepted_batch(rows), row_group_size=batch_rows)
+                    acc_writer.write_batch(accepted_batch(rows, part.source), row_group_size=batch_rows)
                     rows = []
             else:
                 res.rejected[item.code] += 1
@@ -241,7 +233,7 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
                     rej_writer.write_batch(rejected_batch(rejects, part.file_no))
                     rejects = []
         if rows:
-            acc_writer.write_batch(accepted_batch(rows), row_group_size=batch_rows)
+            acc_writer.write_batch(accepted_batch(rows, part.source), row_group_size=batch_rows)
         if rejects:
             rej_writer.write_batch(rejected_batch(rejects, part.file_no))
     finally:
