@@ -25,16 +25,21 @@ small tools).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import pickle
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
 UNIT_GROUP_ROWS = 64  # units per Parquet row group of the units files
+PARALLEL_UNITS = 2_000  # fewer units are built in the driver process
 UNITS_SCHEMA = pa.schema([
     pa.field("unit_id", pa.string()), pa.field("payload", pa.large_binary()),
     pa.field("sequences", pa.int64()), pa.field("records", pa.int64()), pa.field("residues", pa.int64()),
@@ -251,7 +257,7 @@ def _q(p: str | Path) -> str:
 
 def plan_run(spill: Any, atlas: Atlas, model: str, cfg: PlanConfig, out_dir: str | Path, *,
              msa: MSASpec | None = None, reuse_models: Sequence[str] = (), long_above: int | None = None,
-             memory_limit: str = "2GB", batch_rows: int = BATCH_ROWS) -> StreamPlan:
+             memory_limit: str = "2GB", batch_rows: int = BATCH_ROWS, workers: int | None = None) -> StreamPlan:
     """Plan a run from its ingest spill; writes the plan's files under ``out_dir`` (emptied first)."""
     from pipeline.spill import duckdb_connect
 
@@ -263,7 +269,7 @@ def plan_run(spill: Any, atlas: Atlas, model: str, cfg: PlanConfig, out_dir: str
     con = duckdb_connect(root, memory_limit, con=atlas.duckdb())
     try:
         _plan_sql(con, spill, atlas, plan, msa, reuse_models)
-        _write_units(con, plan, cfg, long_above, batch_rows)
+        _write_units(con, plan, cfg, long_above, batch_rows, workers or min(2, os.cpu_count() or 1))
     finally:
         con.close()
         shutil.rmtree(root / "duckdb-tmp", ignore_errors=True)
@@ -353,9 +359,9 @@ def _reuse(con: Any, plan: StreamPlan, todo: str, g: dict[str, str], patterns: S
     return f"(SELECT * FROM {todo} WHERE sha256 NOT IN (SELECT sha256 FROM chosen))"
 
 
-def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | None, batch_rows: int) -> None:
+def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | None, batch_rows: int,
+                 workers: int) -> None:
     """Cut the length-sorted unique sequences into units (streaming), then write each unit's payload."""
-    from pipeline.spill import records_from_table
 
     unit_of = plan.root / "unit_of.parquet"
     schema = pa.schema([pa.field("sha256", pa.string()), pa.field("unit_no", pa.int64())])
@@ -380,69 +386,99 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
         writer.write_batch(pa.RecordBatch.from_arrays([pa.array(shas, pa.string()), pa.array(nos, pa.int64())],
                                                       schema=schema))
     writers: dict[str, pq.ParquetWriter] = {}
-    pending: dict[str, list[WorkUnit]] = {"normal": [], "long": []}
-
-    def emit(unit: WorkUnit) -> None:
-        for kind, part in zip(("normal", "long"), route_long([unit], long_above), strict=True):
-            for u in part:
-                pending[kind].append(u)
-                plan.unit_counts[u.unit_id] = (len(u.sequences), u.residues)
-                plan.units += 1
-                plan.units_long += kind == "long"
-                plan.sequences_to_predict += len(u.sequences)
-                plan.residues_to_predict += u.residues
-                if len(pending[kind]) >= UNIT_GROUP_ROWS:
-                    flush(kind)
+    pending: dict[str, list[tuple[str, bytes, int, int, int]]] = {"normal": [], "long": []}
 
     def flush(kind: str) -> None:
-        units = pending[kind]
-        if not units:
+        rows = pending[kind]
+        if not rows:
             return
         if kind not in writers:
             plan.units_files[kind] = plan.root / f"units-{kind}.parquet"
             writers[kind] = pq.ParquetWriter(plan.units_files[kind], UNITS_SCHEMA, compression="zstd")
-        writers[kind].write_batch(pa.RecordBatch.from_arrays([
-            pa.array([u.unit_id for u in units]),
-            pa.array([pickle.dumps(u, protocol=5) for u in units], pa.large_binary()),
-            pa.array([len(u.sequences) for u in units], pa.int64()),
-            pa.array([len(u.records) for u in units], pa.int64()),
-            pa.array([u.residues for u in units], pa.int64())], schema=UNITS_SCHEMA))
+        cols = list(zip(*rows, strict=True))
+        writers[kind].write_batch(pa.RecordBatch.from_arrays(
+            [pa.array(cols[0], pa.string()), pa.array(cols[1], pa.large_binary()),
+             *(pa.array(c, pa.int64()) for c in cols[2:])], schema=UNITS_SCHEMA))
         pending[kind] = []
+
+    def take(built: list[tuple[str, str, bytes, int, int, int]]) -> None:
+        for kind, uid, payload, n_seq, n_rec, residues in built:
+            pending[kind].append((uid, payload, n_seq, n_rec, residues))
+            plan.unit_counts[uid] = (n_seq, residues)
+            plan.units += 1
+            plan.units_long += kind == "long"
+            plan.sequences_to_predict += n_seq
+            plan.residues_to_predict += residues
+            if len(pending[kind]) >= UNIT_GROUP_ROWS:
+                flush(kind)
 
     reader = con.sql(f"SELECT t.*, u.unit_no FROM todo t JOIN read_parquet('{_q(unit_of)}') u ON t.sha256 = u.sha256 "
                      "ORDER BY u.unit_no, t.length, t.sha256, t.file_no, t.record_index, t.fragment"
                      ).to_arrow_reader(batch_rows)
-    current: list[AcceptedRecord] = []
-    cached: dict[str, MSAStat] = {}
-    unit_no = -1
-
-    def close() -> None:
-        if current:
-            seqs: dict[str, str] = {}
-            for r in current:
-                seqs.setdefault(r.sha256, r.sequence)
-            unit = WorkUnit(ids[unit_no], plan.model, tuple(seqs.values()), tuple(current),
-                            tuple((s, cached[s]) for s in seqs if s in cached))
-            emit(unit)
-
+    # building records and pickling payloads is most of planning's Python work: worker processes
+    # build whole units from slices of the sorted stream, results are written in stream order
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+            if workers > 1 and len(ids) >= PARALLEL_UNITS else None)
+    futures: deque[Any] = deque()
+    carry: pa.Table | None = None
     try:
-        for batch in reader:
-            records = records_from_table(batch)
-            nos = batch.column("unit_no").to_pylist()
-            keys, depths, neffs = (batch.column(c).to_pylist() for c in ("msa_key", "msa_depth", "msa_neff"))
-            for rec, no, key, depth, neff in zip(records, nos, keys, depths, neffs, strict=True):
-                if no != unit_no:
-                    close()
-                    current, cached, unit_no = [], {}, no
-                current.append(rec)
-                if key is not None:
-                    cached[rec.sha256] = MSAStat(key, int(depth), float(neff))
-        close()
+        for batch in itertools.chain(reader, [None]):
+            if batch is None:
+                ready, carry = carry, None
+            else:
+                table = pa.Table.from_batches([batch]) if carry is None else pa.concat_tables([carry, pa.Table.from_batches([batch])])
+                nos = table.column("unit_no").to_numpy()
+                n_done = int(np.count_nonzero(nos != nos[-1]))  # sorted: every row before the last unit
+                ready, carry = table.slice(0, n_done), table.slice(n_done)
+            if ready is None or not ready.num_rows:
+                continue
+            nos_ready = sorted(set(ready.column("unit_no").to_pylist()))
+            args = (ready, {n: ids[n] for n in nos_ready}, plan.model, long_above)
+            if pool is None:
+                take(build_units(*args))
+                continue
+            futures.append(pool.submit(build_units, *args))
+            while len(futures) > 2 * workers:
+                take(futures.popleft().result())
+        while futures:
+            take(futures.popleft().result())
         for kind in pending:
             flush(kind)
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         for w in writers.values():
             w.close()
+
+
+def build_units(table: pa.Table, ids: dict[int, str], model: str, long_above: int | None
+                ) -> list[tuple[str, str, bytes, int, int, int]]:
+    """Whole units from rows sorted by unit: ``(kind, unit id, pickled WorkUnit, sequences, records,
+    residues)`` per unit after long-sequence routing (runs in planning's worker processes)."""
+    from pipeline.spill import records_from_table
+
+    out: list[tuple[str, str, bytes, int, int, int]] = []
+    records = records_from_table(table)
+    nos = table.column("unit_no").to_pylist()
+    keys, depths, neffs = (table.column(c).to_pylist() for c in ("msa_key", "msa_depth", "msa_neff"))
+    start = 0
+    for end in range(1, len(records) + 1):
+        if end < len(records) and nos[end] == nos[start]:
+            continue
+        current = records[start:end]
+        seqs: dict[str, str] = {}
+        cached: dict[str, MSAStat] = {}
+        for i, r in enumerate(current, start):
+            seqs.setdefault(r.sha256, r.sequence)
+            if keys[i] is not None:
+                cached[r.sha256] = MSAStat(keys[i], int(depths[i]), float(neffs[i]))
+        unit = WorkUnit(ids[nos[start]], model, tuple(seqs.values()), tuple(current),
+                        tuple((s, cached[s]) for s in seqs if s in cached))
+        for kind, part in zip(("normal", "long"), route_long([unit], long_above), strict=True):
+            out += [(kind, u.unit_id, pickle.dumps(u, protocol=5), len(u.sequences), len(u.records), u.residues)
+                    for u in part]
+        start = end
+    return out
 
 
 # --------------------------------------------------------------------------------------------
