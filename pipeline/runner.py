@@ -7,11 +7,11 @@ driver at any moment leaves a consistent atlas; the same command resumes (see
 :mod:`storage.atlas` for the protocol and :mod:`pipeline.plan` for what is skipped).
 
 Ingest and plan stream (:mod:`pipeline.spill`, :mod:`pipeline.plan`): records live in Parquet
-under the run's scratch directory ``<staging>/_plan/`` (a local atlas: ``<atlas>/_staging/<run_id>/``,
-which every node of a cluster sees when the atlas is on a shared filesystem; an S3 atlas: the
-driver's local temp directory, so the Ray workers that load unit payloads must run on the driver's
-node, as a local Ray does; docs/operations.md). The Ray Data job starts from one small row per
-unit (its id and where its payload lies in the units Parquet) and loads each payload in a
+under the run's scratch directory ``<staging>/_plan/`` (a local atlas: inside
+``<atlas>/_staging/<run_id>/``, which every node of a cluster sees when the atlas is on a shared
+filesystem; an S3 atlas: the driver's temp directory, and the units files are uploaded to the
+atlas's ``_staging/<run_id>/_plan/`` for the workers). The Ray Data job starts from one small row
+per unit (its id and where its payload lies in the units Parquet) and loads each payload in a
 light task, one unit per block, so the driver never holds the records and a crash costs one unit.
 """
 
@@ -125,23 +125,40 @@ def _ray_init(cfg: RunConfig) -> bool:
     return True
 
 
-def unit_refs(path: Path) -> list[dict[str, Any]]:
-    """One small row per unit of a units Parquet file: its id and the row group holding its payload."""
+def unit_refs(path: Path, atlas: Atlas, run_id: str) -> list[dict[str, Any]]:
+    """One small row per unit of a units Parquet file: its id and the row group holding its payload.
+
+    For an S3 atlas the file is uploaded under ``_staging/<run_id>/_plan/`` first (removed with the
+    run's staging), so Ray workers on any node can read it; a local atlas's scratch is inside it."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    return [{"unit_id": uid, "source": str(path), "row_group": rg}
+    source = str(path)
+    if not atlas.is_local:
+        rel = f"{atlas.staging_rel(run_id)}/_plan/{path.name}"
+        atlas.store.put_file(path, rel)
+        source = atlas.store.url(rel)
+    return [{"unit_id": uid, "source": source, "row_group": rg}
             for rg in range(pf.num_row_groups) for uid in pf.read_row_group(rg, columns=["unit_id"]).column(0).to_pylist()]
+
+
+def _open_units_file(source: str) -> Any:
+    import pyarrow.parquet as pq
+
+    if source.startswith("s3://"):
+        from storage.store import arrow_s3_filesystem
+
+        return pq.ParquetFile(arrow_s3_filesystem().open_input_file(source.removeprefix("s3://")))
+    return pq.ParquetFile(source)
 
 
 def load_payloads(batch: dict[str, Any]) -> dict[str, Any]:
     """Ray Data task: the pickled WorkUnit of each unit row (``unit_refs``), read from its row group."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     payloads = []
     for uid, source, rg in zip(batch["unit_id"], batch["source"], batch["row_group"], strict=True):
-        table = pq.ParquetFile(str(source)).read_row_group(int(rg), columns=["unit_id", "payload"])
+        table = _open_units_file(str(source)).read_row_group(int(rg), columns=["unit_id", "payload"])
         ids = table.column(0).to_pylist()
         payloads.append(table.column(1)[ids.index(uid)].as_py())
     return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
@@ -351,7 +368,8 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
     t_fold = time.perf_counter()
     summary.units_planned, summary.units_long = plan.units, plan.units_long
     by_id = dict(plan.unit_counts)  # unit id -> (sequences, residues): ids and counts, never records
-    parts = [(unit_refs(plan.units_files[k]), k == "long") for k in ("normal", "long") if k in plan.units_files]
+    parts = [(unit_refs(plan.units_files[k], atlas, ctx.run_id), k == "long") for k in ("normal", "long")
+             if k in plan.units_files]
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -407,8 +425,8 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
                 by_id.update({u.unit_id: (len(u.sequences), u.residues) for u in lost_units})
                 if attempt == 1:
                     normal, long = route_long(lost_units, cfg.long_sequences.chunked_above)
-                    parts = [(unit_refs(write_units_file(plan.root / f"units-retry-{k}.parquet", us)), k == "long")
-                             for k, us in (("normal", normal), ("long", long)) if us]
+                    parts = [(unit_refs(write_units_file(plan.root / f"units-retry-{k}.parquet", us), atlas, ctx.run_id),
+                              k == "long") for k, us in (("normal", normal), ("long", long)) if us]
             else:
                 for unit in lost_units:  # crashed alone on every attempt: failure rows, never a silent skip
                     manifest = _crash_failures(unit, cfg, ctx, atlas)
