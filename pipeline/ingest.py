@@ -242,6 +242,24 @@ def record_from_lite(lite: LiteRecord | tuple[Any, ...]) -> AcceptedRecord:
                           fragment, start)
 
 
+class LiteRef(tuple):
+    """A LiteRecord that stands in for its AcceptedRecord where only the sequence and its hash are
+    read (cutting units), and pickles as the AcceptedRecord :func:`record_from_lite` makes of it."""
+
+    __slots__ = ()
+
+    @property
+    def sequence(self) -> str:
+        return str(self[5])
+
+    @property
+    def sha256(self) -> str:
+        return str(self[7])
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return record_from_lite, (tuple(self),)
+
+
 def lite_from_record(rec: AcceptedRecord) -> LiteRecord:
     return (rec.source, rec.record_index, rec.line, rec.header, rec.accession, rec.sequence, rec.length, rec.sha256,
             rec.notes, rec.fragment, rec.start)

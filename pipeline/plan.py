@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import PlanConfig
-from pipeline.ingest import AcceptedRecord, IngestPolicy, RejectedRecord, lite_from_record
+from pipeline.ingest import AcceptedRecord, IngestPolicy, LiteRef, RejectedRecord, lite_from_record
 from pipeline.msa_stage import MSASpec, MSAStat
 from storage.atlas import Atlas
 
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
 UNIT_GROUP_ROWS = 64  # units per Parquet row group of the units files
-PARALLEL_UNITS = 2_000  # fewer units are built in the driver process
+PARALLEL_RECORDS = 50_000  # fewer records to predict: units are built in the driver process
 UNITS_SCHEMA = pa.schema([
     pa.field("unit_id", pa.string()), pa.field("payload", pa.large_binary()),
     pa.field("sequences", pa.int64()), pa.field("records", pa.int64()), pa.field("residues", pa.int64()),
@@ -144,20 +144,34 @@ def cut_units(by_sha: dict[str, list[AcceptedRecord]], model: str, cfg: PlanConf
     return units
 
 
+class _Cutter:
+    """Greedy cut of unique ``(sha256, length)`` in (length, sha256) order: a unit closes before the
+    sequence that would take it over ``unit_max_residues`` or past ``unit_max_sequences`` (a longer
+    sequence is a unit alone)."""
+
+    def __init__(self, cfg: PlanConfig) -> None:
+        self.cfg = cfg
+        self.current: list[str] = []
+        self.residues = 0
+
+    def add(self, sha: str, n: int) -> list[str] | None:
+        """Add the next sequence; returns the unit it closed, if it closed one."""
+        closed = None
+        if self.current and (self.residues + n > self.cfg.unit_max_residues
+                             or len(self.current) >= self.cfg.unit_max_sequences):
+            closed, self.current, self.residues = self.current, [], 0
+        self.current.append(sha)
+        self.residues += n
+        return closed
+
+
 def _cut(ordered: Iterable[tuple[str, int]], cfg: PlanConfig) -> Iterator[list[str]]:
-    """Greedy cut of ``(sha256, length)`` in (length, sha256) order: a unit closes before the sequence
-    that would take it over ``unit_max_residues`` or past ``unit_max_sequences`` (a longer sequence
-    is a unit alone)."""
-    current: list[str] = []
-    residues = 0
+    cutter = _Cutter(cfg)
     for sha, n in ordered:
-        if current and (residues + n > cfg.unit_max_residues or len(current) >= cfg.unit_max_sequences):
-            yield current
-            current, residues = [], 0
-        current.append(sha)
-        residues += n
-    if current:
-        yield current
+        if (closed := cutter.add(sha, n)) is not None:
+            yield closed
+    if cutter.current:
+        yield cutter.current
 
 
 def route_long(units: Sequence[WorkUnit], above: int | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -363,28 +377,8 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
                  workers: int) -> None:
     """Cut the length-sorted unique sequences into units (streaming), then write each unit's payload."""
 
-    unit_of = plan.root / "unit_of.parquet"
-    schema = pa.schema([pa.field("sha256", pa.string()), pa.field("unit_no", pa.int64())])
     ids: list[str] = []
-
-    def ordered() -> Iterator[tuple[str, int]]:
-        reader = con.sql("SELECT sha256, min(length) AS length FROM todo GROUP BY sha256 "
-                         "ORDER BY length, sha256").to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
-
-    with pq.ParquetWriter(unit_of, schema) as writer:
-        shas: list[str] = []
-        nos: list[int] = []
-        for members in _cut(ordered(), cfg):
-            ids.append(unit_id_for(plan.model, members))
-            shas += members
-            nos += [len(ids) - 1] * len(members)
-            if len(shas) >= batch_rows:
-                writer.write_batch(pa.RecordBatch.from_arrays([pa.array(shas), pa.array(nos, pa.int64())], schema=schema))
-                shas, nos = [], []
-        writer.write_batch(pa.RecordBatch.from_arrays([pa.array(shas, pa.string()), pa.array(nos, pa.int64())],
-                                                      schema=schema))
+    cutter = _Cutter(cfg)
     writers: dict[str, pq.ParquetWriter] = {}
     pending: dict[str, list[tuple[str, bytes, int, int, int]]] = {"normal": [], "long": []}
 
@@ -412,23 +406,37 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
             if len(pending[kind]) >= UNIT_GROUP_ROWS:
                 flush(kind)
 
-    reader = con.sql(f"SELECT t.*, u.unit_no FROM todo t JOIN read_parquet('{_q(unit_of)}') u ON t.sha256 = u.sha256 "
-                     "ORDER BY u.unit_no, t.length, t.sha256, t.file_no, t.record_index, t.fragment"
+    n_todo = _count(con, "SELECT count(*) FROM todo")
+    # one sort of the records to predict; units are cut from it as it streams (rows of one sequence
+    # are adjacent; a unit's id needs all its sequences, so the open unit's rows wait for the next batch)
+    reader = con.sql("SELECT * FROM todo ORDER BY length, sha256, file_no, record_index, fragment"
                      ).to_arrow_reader(batch_rows)
     # building records and pickling payloads is most of planning's Python work: worker processes
     # build whole units from slices of the sorted stream, results are written in stream order
     pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-            if workers > 1 and len(ids) >= PARALLEL_UNITS else None)
+            if workers > 1 and n_todo >= PARALLEL_RECORDS else None)
     futures: deque[Any] = deque()
     carry: pa.Table | None = None
     try:
         for batch in itertools.chain(reader, [None]):
             if batch is None:
+                if cutter.current:
+                    ids.append(unit_id_for(plan.model, cutter.current))
                 ready, carry = carry, None
             else:
-                table = pa.Table.from_batches([batch]) if carry is None else pa.concat_tables([carry, pa.Table.from_batches([batch])])
-                nos = table.column("unit_no").to_numpy()
-                n_done = int(np.count_nonzero(nos != nos[-1]))  # sorted: every row before the last unit
+                nos = []
+                prev = None
+                for sha, n in zip(batch.column("sha256").to_pylist(), batch.column("length").to_pylist(), strict=True):
+                    if sha != prev:
+                        prev = sha
+                        if (closed := cutter.add(sha, n)) is not None:
+                            ids.append(unit_id_for(plan.model, closed))
+                    nos.append(len(ids))  # the open unit's number
+                table = pa.Table.from_batches([batch]).append_column("unit_no", pa.array(nos, pa.int64()))
+                if carry is not None:
+                    table = pa.concat_tables([carry, table])
+                unit_no = table.column("unit_no").to_numpy()
+                n_done = int(np.count_nonzero(unit_no != len(ids)))  # rows of closed units
                 ready, carry = table.slice(0, n_done), table.slice(n_done)
             if ready is None or not ready.num_rows:
                 continue
@@ -455,10 +463,13 @@ def build_units(table: pa.Table, ids: dict[int, str], model: str, long_above: in
                 ) -> list[tuple[str, str, bytes, int, int, int]]:
     """Whole units from rows sorted by unit: ``(kind, unit id, pickled WorkUnit, sequences, records,
     residues)`` per unit after long-sequence routing (runs in planning's worker processes)."""
-    from pipeline.spill import records_from_table
+    from pipeline.spill import RECORD_COLUMNS
 
     out: list[tuple[str, str, bytes, int, int, int]] = []
-    records = records_from_table(table)
+    # records stay lite: they pickle as LiteRecord tuples and become AcceptedRecords when a Ray
+    # worker unpickles the unit (header fields, CRC64, MD5 computed there, off the planning path)
+    cols = [table.column(c).to_pylist() for c in RECORD_COLUMNS]
+    records: list[Any] = [LiteRef(values) for values in zip(*cols, strict=True)]
     nos = table.column("unit_no").to_pylist()
     keys, depths, neffs = (table.column(c).to_pylist() for c in ("msa_key", "msa_depth", "msa_neff"))
     start = 0

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.plan as plan_mod
-import pipeline.spill as spill_mod
 from benchmarks.plan_scale import MODEL, generate
 from pipeline.config import PlanConfig
 from pipeline.ingest import IngestPolicy, ingest_many
@@ -66,7 +65,7 @@ def test_streamed_plan_equals_the_in_memory_plan(generated: Path, tmp_path: Path
     assert spill.rejected_by_reason == expected["rejected"]
     if policy.duplicate_accessions == "reject":
         assert expected["rejected"]["duplicate_accession"] > 5
-    monkeypatch.setattr(plan_mod, "PARALLEL_UNITS", 1)  # payloads built by two worker processes
+    monkeypatch.setattr(plan_mod, "PARALLEL_RECORDS", 1)  # payloads built by two worker processes
     plan = plan_run(spill, atlas, MODEL, cfg, tmp_path / "plan", batch_rows=300, workers=2)
     assert (plan.already_done, plan.linked, plan.new_rejects) == (expected["done"], expected["links"],
                                                                  expected["new_rejects"])
@@ -82,19 +81,20 @@ def test_plan_reads_and_writes_in_bounded_batches(generated: Path, tmp_path: Pat
     most ``batch_rows`` plus one unit, every written row group at most ``batch_rows`` (units:
     UNIT_GROUP_ROWS) long."""
     seen: list[int] = []
-    real = spill_mod.records_from_table
+    real = plan_mod.build_units
 
-    def spy(table):
+    def spy(table, *args):
         seen.append(table.num_rows)
-        return real(table)
+        return real(table, *args)
 
-    monkeypatch.setattr(spill_mod, "records_from_table", spy)
+    monkeypatch.setattr(plan_mod, "build_units", spy)
     spill = ingest_to_parquet([str(generated / "input.fasta")], IngestPolicy(), tmp_path / "ingest", workers=1,
                               batch_rows=400)
     for f in (tmp_path / "ingest" / "accepted").glob("*.parquet"):
         md = pq.ParquetFile(f).metadata
         assert max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 400
-    plan = plan_run(spill, Atlas(generated / "atlas"), MODEL, PlanConfig(), tmp_path / "plan", batch_rows=250)
+    plan = plan_run(spill, Atlas(generated / "atlas"), MODEL, PlanConfig(), tmp_path / "plan", batch_rows=250,
+                    workers=1)
     biggest = max(len(u.records) for u in plan.iter_units())  # a unit cut by a batch end joins the next batch
     assert seen and max(seen) <= 250 + biggest and sum(seen) >= plan.sequences_to_predict
     for f in plan.units_files.values():
