@@ -181,6 +181,8 @@ def generate(workdir: Path, n: int, seed: int = 11, dup_fraction: float = 0.10, 
 
 def plan_once(workdir: Path) -> dict[str, Any]:
     """The planning path (run in a fresh process by :func:`measure`)."""
+    import resource
+
     from pipeline.config import RunConfig
     from pipeline.plan import plan_run
     from pipeline.spill import ingest_to_parquet
@@ -188,17 +190,21 @@ def plan_once(workdir: Path) -> dict[str, Any]:
     from storage.atlas import Atlas
     from storage.layout import write_shard
 
+    def cpu() -> float:  # this process and its joined workers (scan and payload pools)
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
     cfg = RunConfig()
     scratch = workdir / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     atlas = Atlas(workdir / "atlas")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     spill = ingest_to_parquet([str(workdir / "input.fasta")], cfg.ingest, scratch / "ingest",
                               workers=cfg.plan.ingest_workers, memory_limit=cfg.plan.memory_limit)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), cpu()
     plan = plan_run(spill, atlas, MODEL, cfg.plan, scratch / "plan", reuse_models=cfg.plan.reuse_models,
                     long_above=cfg.long_sequences.chunked_above, memory_limit=cfg.plan.memory_limit)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), cpu()
     ctx = WriteContext(staging=str(scratch / "staging"), atlas=atlas.uri, run_id="bench", policy=cfg.confidence,
                        provenance={})
     links = 0
@@ -206,9 +212,10 @@ def plan_once(workdir: Path) -> dict[str, Any]:
         table = entry_rows_for_links(records, structures, model, ctx, msa)
         write_shard("entries", table, scratch / "staging" / f"link-{links}.parquet")
         links += len(records)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), cpu()
     return {
         "ingest_s": t1 - t0, "plan_s": t2 - t1, "total_s": t2 - t0, "link_entries_s": t3 - t2,
+        "cpu_ingest_s": c1 - c0, "cpu_plan_s": c2 - c1, "cpu_link_entries_s": c3 - c2,
         "counts": {"read": spill.n_read, "accepted": spill.accepted, "rejected_by_reason": spill.rejected_by_reason,
                    "already_in_atlas": plan.already_done, "linked": plan.linked, "reused": plan.reused,
                    "new_rejects": plan.new_rejects, "units": plan.units, "sequences_to_predict": plan.sequences_to_predict,

@@ -1,6 +1,8 @@
 """Ray adapters: the fold and write stages as callable classes for ``Dataset.map_batches``.
 
-Each Ray Data row is one work unit: ``unit_id`` plus a pickled payload. The classes hold their
+Each Ray Data row is one work unit: ``unit_id`` plus a pickled payload (read from the plan's units
+Parquet by ``pipeline.runner.load_payloads``; its records unpickle into AcceptedRecords, header
+fields and CRC64/MD5 computed then, see ``pipeline.ingest.LiteRef``). The classes hold their
 expensive state (the model) for the actor's lifetime; the stage logic lives in
 :mod:`pipeline.fold` and :mod:`pipeline.write`, which run without Ray.
 """
