@@ -12,7 +12,8 @@ under the run's scratch directory ``<staging>/_plan/`` (a local atlas: inside
 filesystem; an S3 atlas: the driver's temp directory, and the units files are uploaded to the
 atlas's ``_staging/<run_id>/_plan/`` for the workers). The Ray Data job starts from one small row
 per unit (its id and where its payload lies in the units Parquet) and loads each payload in a
-light task, one unit per block, so the driver never holds the records and a crash costs one unit.
+first actor stage (MSA or fold), one unit per block, so the driver never holds the records and a
+crash costs one unit.
 """
 
 from __future__ import annotations
@@ -142,28 +143,6 @@ def unit_refs(path: Path, atlas: Atlas, run_id: str) -> list[dict[str, Any]]:
             for rg in range(pf.num_row_groups) for uid in pf.read_row_group(rg, columns=["unit_id"]).column(0).to_pylist()]
 
 
-def _open_units_file(source: str) -> Any:
-    import pyarrow.parquet as pq
-
-    if source.startswith("s3://"):
-        from storage.store import arrow_s3_filesystem
-
-        return pq.ParquetFile(arrow_s3_filesystem().open_input_file(source.removeprefix("s3://")))
-    return pq.ParquetFile(source)
-
-
-def load_payloads(batch: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data task: the pickled WorkUnit of each unit row (``unit_refs``), read from its row group."""
-    import numpy as np
-
-    payloads = []
-    for uid, source, rg in zip(batch["unit_id"], batch["source"], batch["row_group"], strict=True):
-        table = _open_units_file(str(source)).read_row_group(int(rg), columns=["unit_id", "payload"])
-        ids = table.column(0).to_pylist()
-        payloads.append(table.column(1)[ids.index(uid)].as_py())
-    return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
-
-
 def write_units_file(path: Path, units: Sequence[WorkUnit]) -> Path:
     """Units (pass 2: lost units split into single sequences) in the units Parquet layout."""
     import pyarrow as pa
@@ -221,10 +200,10 @@ def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunCo
                           _model_settings(cfg), cfg.ray.fold_actors, None))
     folded = []
     for part, fold_settings, model_settings, actors, memory in pools:
-        # one block per unit (a worker crash then costs one unit); payloads load in a light task
+        # one block per unit (a worker crash then costs one unit); the first actor stage loads the
+        # payload from the units file (pipeline.stages.unit_payloads), so no extra operator competes
+        # for the pools' CPUs
         ds: Any = ray.data.from_items(part, override_num_blocks=max(1, len(part)))
-        ds = ds.map_batches(load_payloads, batch_size=1, batch_format="numpy", num_cpus=0.01, **(
-            {"runtime_env": retry["runtime_env"]} if "runtime_env" in retry else {}))
         if ctx.msa is not None:
             from pipeline.stages import MSAActor
 
