@@ -244,6 +244,8 @@ def entries_chunk(u: Universe, idx: np.ndarray, rng: np.random.Generator) -> pa.
         "sequence_md5": hex_strings(rng.integers(0, 256, (n, 16), dtype=np.uint8)),
         "sequence_length": pa.array(lengths),
         "failure_reason": pa.array(np.where(failed, "oom", None).astype(object), pa.string()),
+        "fold_route": pa.array(["normal"] * n),
+        "fragment_of_sha256": pa.nulls(n, pa.string()),
         "msa_depth": pa.nulls(n, pa.int64()),
         "msa_neff": pa.nulls(n, pa.float64()),
         "msa_key": pa.nulls(n, pa.string()),

@@ -179,6 +179,12 @@ class ESMFoldBackend:
             return self.settings.num_recycles
         return int(self.model.config.esmfold_config.trunk.max_recycles)
 
+    @property
+    def chunk_size(self) -> int | None:
+        """The trunk chunk size of the next call when forced or configured (the fast path's automatic
+        choice aside); None: unchunked."""
+        return self._forced_chunk or self.default_chunk_size
+
     def set_chunk_size(self, chunk_size: int | None) -> None:
         """Trunk chunk size; ``None`` restores the configured default (the fast path's automatic
         choice when it is on). A size set here holds for every batch until reset."""

@@ -54,7 +54,7 @@ def run(
     weights: Annotated[str | None, typer.Option(help="ESMFold weights: HF directory or s3:// prefix")] = None,
     weights_sha256: Annotated[str | None, typer.Option("--weights-sha256", help="Expected weights checksum")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML run configuration")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: local Ray)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: local Ray); ray://HOST:10001 runs the driver on the cluster")] = None,
     fold_actors: Annotated[int | None, typer.Option("--fold-actors", help="Fold actors (GPU workers)")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device: auto, cpu, cuda")] = None,
     msa: Annotated[MSATool | None, typer.Option("--msa", help="MSA search before folding (default none)")] = None,
@@ -66,6 +66,7 @@ def run(
     """Predict every new sequence of INPUTS into the atlas; resumable, idempotent."""
     _setup_logging(verbose)
     from pipeline.config import load_config
+    from pipeline.remote import client_address
     from pipeline.runner import run as run_pipeline
 
     overrides: dict[str, Any] = {
@@ -76,7 +77,16 @@ def run(
     }
     try:
         cfg = load_config(config, overrides)
-        run_pipeline(inputs, atlas, cfg, progress=not no_progress and sys.stderr.isatty(), echo=typer.echo)
+        if client_address(cfg.ray.address):  # the driver runs on the cluster (docs/operations.md)
+            from pipeline.remote import run_remote
+
+            try:
+                run_remote(inputs, atlas, cfg, echo=typer.echo)
+            except KeyboardInterrupt:
+                typer.secho("interrupted: the driver on the cluster was stopped; rerun to resume", fg="red", err=True)
+                raise typer.Exit(130) from None
+        else:
+            run_pipeline(inputs, atlas, cfg, progress=not no_progress and sys.stderr.isatty(), echo=typer.echo)
     except FoldAtlasError as e:
         _fail(e)
 

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.confidence import ConfidencePolicy
 from pipeline.errors import ConfigError
@@ -72,19 +72,12 @@ class MSAConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
-
-    @field_validator("address")
-    @classmethod
-    def _not_ray_client(cls, v: str | None) -> str | None:
-        # Ray Client cannot run the Ray Data job: its streaming executor needs the driver's core
-        # worker, which a ray:// connection lacks (Ray 2.60; docs/operations.md#ray-client)
-        if v and v.startswith("ray://"):
-            raise ValueError(f"{v}: Ray Client (ray://) addresses cannot run FoldAtlas's Ray Data job; run the "
-                             "driver on the cluster instead: `ray job submit --address http://HEAD:8265 -- "
-                             "foldatlas run ...` or a KubeRay RayJob (docs/operations.md)")
-        return v
-
+    address: str | None = Field(
+        None, description="Ray cluster address; None starts a local Ray; ray://HOST:10001 runs the driver on the "
+                          "cluster through Ray Client (pipeline/remote.py)")
+    client_ship_max_mb: float = Field(
+        256.0, ge=0, description="With a ray:// address: input files the cluster cannot read at the same path are "
+                                 "shipped through Ray's object store up to this size (MiB) each")
     fold_actors: int = Field(1, ge=1)
     fold_cpus: float = Field(1.0, gt=0, description="CPUs per fold actor (GPU runs: per GPU actor)")
     fold_gpus: float | None = Field(None, ge=0, description="GPUs per fold actor; None: 1 if GPUs exist")

@@ -201,6 +201,8 @@ class AcceptedRecord:
     notes: tuple[str, ...] = ()
     fragment: int = 1  # 1 for a whole sequence; k for fragment Fk of a long one
     start: int = 1  # first residue of ``sequence`` in the input sequence (1-based)
+    whole_sha256: str | None = None  # for a fragment: SHA-256 of the whole input sequence
+    oom_split: bool = False  # a fragment made because the whole sequence ran out of memory (oom_route)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # the generic pickling of a slots dataclass calls dataclasses.fields() per object: 5x slower
@@ -231,15 +233,23 @@ LITE_FIELDS = ("source", "record_index", "line", "header", "accession", "sequenc
 LiteRecord = tuple[str, int, int, str, str, str, int, str, tuple[str, ...], int, int]
 
 
+#: The fragment fields a record carries beyond ``LITE_FIELDS`` when it is spilled to Parquet
+#: (``pipeline.spill.RECORD_COLUMNS``): a ``LiteRecord`` may be followed by these two values.
+FRAGMENT_FIELDS = ("whole_sha256", "oom_split")
+
+
 def record_from_lite(lite: LiteRecord | tuple[Any, ...]) -> AcceptedRecord:
-    """The AcceptedRecord of a ``LiteRecord``: header fields parsed, CRC64 and MD5 computed (what
-    the scanner's fast path and the Parquet spill leave out, for the records that need them)."""
-    source, index, line, header, accession, seq, length, sha256, notes, fragment, start = lite
+    """The AcceptedRecord of a ``LiteRecord`` (optionally followed by the :data:`FRAGMENT_FIELDS`):
+    header fields parsed, CRC64 and MD5 computed (what the scanner's fast path and the Parquet spill
+    leave out, for the records that need them)."""
+    source, index, line, header, accession, seq, length, sha256, notes, fragment, start = lite[:11]
+    extra: tuple[Any, ...] = tuple(lite[11:])
+    whole, oom_split = (extra[0], bool(extra[1])) if extra else (None, False)
     f = header_fields(header)
     data = seq.encode("ascii")
     return AcceptedRecord(source, index, line, header, accession, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
                           seq, length, sha256, crc64_hex(data), hashlib.md5(data).hexdigest(), tuple(notes or ()),
-                          fragment, start)
+                          fragment, start, whole, oom_split)
 
 
 class LiteRef(tuple):
@@ -739,7 +749,7 @@ def fragment_record(rec: AcceptedRecord, policy: IngestPolicy) -> list[AcceptedR
         seq = rec.sequence[s:e]
         sha256, crc, md5 = sequence_hashes(seq)
         out.append(replace(rec, sequence=seq, length=len(seq), sha256=sha256, crc64=crc, md5=md5, fragment=k,
-                           start=s + 1, notes=(*rec.notes, f"fragment F{k} of {len(windows)}: residues {s + 1}-{e} "
+                           start=s + 1, whole_sha256=rec.sha256, notes=(*rec.notes, f"fragment F{k} of {len(windows)}: residues {s + 1}-{e} "
                                                              f"of {rec.length}")))
     return out
 

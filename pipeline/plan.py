@@ -124,6 +124,17 @@ def atlas_state(atlas: Atlas, model: str) -> tuple[set[tuple[str, str]], set[str
     return {(a, s) for a, s in entries}, {s for (s,) in structures}, {k for (k,) in rejects}
 
 
+def cached_msas(atlas: Atlas, spec: MSASpec, sha256s: Iterable[str]) -> dict[str, MSAStat]:
+    """Stats of the MSAs the atlas already holds for these sequences with this database and
+    parameters (a lookup for a few sequences: those re-routed after running out of memory)."""
+    from storage.query import msa_rows
+
+    keys = {spec.key(s): s for s in sha256s}
+    if not keys:
+        return {}
+    return {keys[k]: MSAStat(k, int(d), float(n)) for k, d, n in msa_rows(atlas, keys, ["depth", "neff"])}
+
+
 def unit_id_for(model: str, sha256s: Iterable[str]) -> str:
     h = hashlib.sha256()
     for s in sorted(sha256s):
@@ -258,6 +269,35 @@ class StreamPlan:
                     if row["msa_key"] is not None:
                         msa[row["sha256"]] = MSAStat(row["msa_key"], int(row["msa_depth"]), float(row["msa_neff"]))
                 yield model, records, structures, msa
+
+
+def write_units_file(path: Path, units: Sequence[WorkUnit]) -> Path:
+    """Units held in memory in the units Parquet layout (:data:`UNITS_SCHEMA`)."""
+    pq.write_table(pa.table({
+        "unit_id": [u.unit_id for u in units], "payload": [pickle.dumps(u, protocol=5) for u in units],
+        "sequences": [len(u.sequences) for u in units], "records": [len(u.records) for u in units],
+        "residues": [u.residues for u in units]}, schema=UNITS_SCHEMA), path, row_group_size=8)
+    return path
+
+
+def units_plan(parts: dict[str, Sequence[WorkUnit]], model: str, root: Path) -> StreamPlan:
+    """A :class:`StreamPlan` of units held in memory (few: a pass's lost units split into single
+    sequences, sequences re-routed after running out of memory), ``parts`` by kind ("normal",
+    "long"); their units files are written under ``root`` (emptied first)."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    plan = StreamPlan(model=model, root=root)
+    for kind, units in parts.items():
+        if not units:
+            continue
+        plan.units_files[kind] = write_units_file(root / f"units-{kind}.parquet", units)
+        plan.unit_counts.update({u.unit_id: (len(u.sequences), u.residues) for u in units})
+        plan.units += len(units)
+        plan.units_long += len(units) if kind == "long" else 0
+        plan.sequences_to_predict += sum(len(u.sequences) for u in units)
+        plan.residues_to_predict += sum(u.residues for u in units)
+    return plan
 
 
 def _batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -496,34 +536,40 @@ def build_units(table: pa.Table, ids: dict[int, str], model: str, long_above: in
 # The same planner over lists
 
 
+def spill_records(accepted: Sequence[AcceptedRecord], rejected: Sequence[RejectedRecord], root: Path) -> Any:
+    """An ingest spill (:class:`pipeline.spill.IngestSpill`) of records held in memory, written under
+    ``root`` (records already checked, duplicates resolved): for :func:`make_plan` and for the
+    fragments of sequences that ran out of memory (``pipeline.runner``)."""
+    from pipeline.spill import IngestSpill, accepted_batch, rejected_batch
+
+    for sub in ("accepted", "rejected"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    files = sorted({r.source for r in accepted} | {r.source for r in rejected})
+    file_no = {s: i for i, s in enumerate(files)}
+    for src in files or [""]:
+        rows = [(*lite_from_record(r), file_no[r.source], r.whole_sha256, r.oom_split, -1, -1, 0)
+                for r in accepted if r.source == src]
+        pq.write_table(pa.Table.from_batches([accepted_batch(rows, src)]),
+                       root / "accepted" / f"records-{file_no.get(src, 0)}.parquet")
+    by_file: dict[int, list[RejectedRecord]] = {}
+    for bad in rejected:
+        by_file.setdefault(file_no[bad.source], []).append(bad)
+    batches = [rejected_batch(recs, no) for no, recs in sorted(by_file.items())] or [rejected_batch([], 0)]
+    pq.write_table(pa.Table.from_batches(batches), root / "rejected" / "records.parquet")
+    spill = IngestSpill(root, IngestPolicy(), accepted=len({(r.source, r.record_index) for r in accepted}))
+    spill.rejected_by_reason = dict(Counter(r.code for r in rejected))
+    return spill
+
+
 def make_plan(accepted: list[AcceptedRecord], rejected: list[RejectedRecord], atlas: Atlas,
               model: str, cfg: PlanConfig, msa: MSASpec | None = None,
               reuse_models: Sequence[str] = ()) -> Plan:
     """:func:`plan_run` over in-memory records (already checked, duplicates resolved); returns lists."""
-    from pipeline.spill import (
-        IngestSpill,
-        accepted_batch,
-        rejected_batch,
-        rejects_from_table,
-    )
+    from pipeline.spill import rejects_from_table
 
     with tempfile.TemporaryDirectory(prefix="foldatlas-plan-") as tmp:
         root = Path(tmp)
-        for sub in ("accepted", "rejected"):
-            (root / sub).mkdir()
-        files = sorted({r.source for r in accepted} | {r.source for r in rejected})
-        file_no = {s: i for i, s in enumerate(files)}
-        for src in files or [""]:
-            rows = [(*lite_from_record(r), file_no[r.source], None, -1, -1, 0) for r in accepted if r.source == src]
-            pq.write_table(pa.Table.from_batches([accepted_batch(rows, src)]),
-                           root / "accepted" / f"records-{file_no.get(src, 0)}.parquet")
-        by_file: dict[int, list[RejectedRecord]] = {}
-        for bad in rejected:
-            by_file.setdefault(file_no[bad.source], []).append(bad)
-        batches = [rejected_batch(recs, no) for no, recs in sorted(by_file.items())] or [rejected_batch([], 0)]
-        pq.write_table(pa.Table.from_batches(batches), root / "rejected" / "records.parquet")
-        spill = IngestSpill(root, IngestPolicy(), accepted=len({(r.source, r.record_index) for r in accepted}))
-        spill.rejected_by_reason = dict(Counter(r.code for r in rejected))
+        spill = spill_records(accepted, rejected, root)
         sp = plan_run(spill, atlas, model, cfg, root / "plan", msa=msa, reuse_models=reuse_models)
         plan = Plan(model=model, already_done=sp.already_done, known_rejects=sp.known_rejects)
         plan.units = list(sp.iter_units())

@@ -22,21 +22,24 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import secrets
 import shutil
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
+from pipeline.ingest import AcceptedRecord
 from pipeline.msa_stage import MSASpec, make_spec
-from pipeline.plan import UNITS_SCHEMA, StreamPlan, WorkUnit, route_long, unit_id_for
+from pipeline.oom_route import OOMLedger, PoolRoute, resume_fragmented
+from pipeline.plan import StreamPlan, WorkUnit, unit_id_for, units_plan
+from pipeline.plan import route_long as route_long  # re-exported (tests, tools)
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
 from storage.atlas import Atlas
@@ -121,48 +124,46 @@ def _ray_init(cfg: RunConfig) -> bool:
                               "log_to_driver": True, "configure_logging": True}
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
-    else:
-        ray.init(**kwargs)
+        return True
+    for attempt in range(1, 4):
+        try:
+            ray.init(**kwargs)
+            return True
+        except Exception as e:  # Ray gives its raylet a fixed 30 s to register; a loaded host can miss it
+            if "timed out during startup" not in str(e) or attempt == 3:
+                raise
+            log.warning("local Ray did not start in time (attempt %d of 3, host load %.1f); starting it again",
+                        attempt, os.getloadavg()[0])
+            ray.shutdown()
     return True
 
 
 def unit_refs(path: Path, atlas: Atlas, run_id: str) -> list[dict[str, Any]]:
     """One small row per unit of a units Parquet file: its id and the row group holding its payload.
 
-    For an S3 atlas the file is uploaded under ``_staging/<run_id>/_plan/`` first (removed with the
-    run's staging), so Ray workers on any node can read it; a local atlas's scratch is inside it."""
+    For an S3 atlas the file is uploaded under ``_staging/<run_id>/_plan/<plan dir>/`` first (removed
+    with the run's staging), so Ray workers on any node can read it; a local atlas's scratch is inside it."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     source = str(path)
     if not atlas.is_local:
-        rel = f"{atlas.staging_rel(run_id)}/_plan/{path.name}"
+        rel = f"{atlas.staging_rel(run_id)}/_plan/{path.parent.name}/{path.name}"
         atlas.store.put_file(path, rel)
         source = atlas.store.url(rel)
     return [{"unit_id": uid, "source": source, "row_group": rg}
             for rg in range(pf.num_row_groups) for uid in pf.read_row_group(rg, columns=["unit_id"]).column(0).to_pylist()]
 
 
-def write_units_file(path: Path, units: Sequence[WorkUnit]) -> Path:
-    """Units (pass 2: lost units split into single sequences) in the units Parquet layout."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({
-        "unit_id": [u.unit_id for u in units], "payload": [pickle.dumps(u, protocol=5) for u in units],
-        "sequences": [len(u.sequences) for u in units], "records": [len(u.records) for u in units],
-        "residues": [u.residues for u in units]}, schema=UNITS_SCHEMA), path, row_group_size=8)
-    return path
-
-
 def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunConfig, ctx: WriteContext,
-                  tracker: Any = None, isolate: bool = False) -> Any:
+                  tracker: Any = None, isolate: bool = False, route: PoolRoute | None = None) -> Any:
     """The Ray Data job over ``(unit refs, is long)`` parts; yields one manifest dict per finished unit.
 
     A unit whose worker process dies is retried on a restarted actor up to ``ray.max_task_retries``
     times; after that Ray Data drops its block (``max_errored_blocks = -1``) and the stream goes on,
     so one poisoned input never stalls or aborts the run: the caller sees the unit missing.
     ``isolate`` gives each actor one unit at a time, so a crash takes no queued unit's attempt with it.
+    ``route``: the pools' ``fold_route`` labels and out-of-memory hand-back (pipeline.oom_route).
     """
     import numpy as np
     import ray
@@ -176,7 +177,8 @@ def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunCo
     dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
     dctx.max_errored_blocks = -1  # a unit that exhausted its retries is dropped; the driver accounts for it
     retry: dict[str, Any] = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
-    env = aws_env()  # S3 endpoint and credentials for workers that did not inherit them
+    # S3 endpoint and credentials for workers that did not inherit them; fault-injection drills
+    env = {**aws_env(), **{k: v for k, v in os.environ.items() if k.startswith("FOLDATLAS_FAULT_")}}
     if env:
         retry["runtime_env"] = {"env_vars": env}
     in_flight = 1 if isolate else None
@@ -187,19 +189,21 @@ def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunCo
     # fold actor divides the cores of the node it lands on by fold_actors when this is None)
     threads = cfg.ray.torch_threads
     long_cfg = cfg.long_sequences
-    pools = []  # (unit refs, fold settings, model settings, actors, memory reserved per actor)
+    route = route or PoolRoute()  # route.all_long is the caller's: it decides which part is long
+    pools = []  # (unit refs, fold settings, model settings, actors, memory reserved per actor, route, defer OOM)
     for part, is_long in parts:
         if not part:
             continue
         if is_long:
             memory = int(long_cfg.memory_gb * 2**30) if long_cfg.memory_gb else None
             pools.append((part, FoldSettings(long_cfg.max_tokens_per_batch, cfg.plan.max_batch_size),
-                          _model_settings(cfg, long_cfg.chunk_size), long_cfg.actors, memory))
+                          _model_settings(cfg, long_cfg.chunk_size), long_cfg.actors, memory, route.long,
+                          route.defer_long))
         else:
             pools.append((part, FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size),
-                          _model_settings(cfg), cfg.ray.fold_actors, None))
+                          _model_settings(cfg), cfg.ray.fold_actors, None, route.normal, route.defer_normal))
     folded = []
-    for part, fold_settings, model_settings, actors, memory in pools:
+    for part, fold_settings, model_settings, actors, memory, label, defer in pools:
         # one block per unit (a worker crash then costs one unit); the first actor stage loads the
         # payload from the units file (pipeline.stages.unit_payloads), so no extra operator competes
         # for the pools' CPUs
@@ -215,7 +219,7 @@ def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunCo
             FoldActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"model_settings": model_settings, "fold_settings": fold_settings,
                                    "torch_threads": threads, "atlas_root": ctx.atlas, "tracker": tracker,
-                                   "actors_per_node": cfg.ray.fold_actors},
+                                   "actors_per_node": cfg.ray.fold_actors, "route": label, "defer_oom": defer},
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight),
             num_cpus=cfg.ray.fold_cpus, num_gpus=gpus, memory=memory, resources=cfg.ray.fold_resources or None,
             **retry,
@@ -261,14 +265,15 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *, progress: bool = True,
-        echo: Any = None) -> RunSummary:
-    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``)."""
+        echo: Any = None, input_names: Sequence[str] | None = None) -> RunSummary:
+    """Run the whole pipeline; returns the summary (also saved under ``_runs/<run_id>/``).
+    ``input_names``: the inputs as the summary names them (a remote run's shipped copies: their origin)."""
     t0 = time.perf_counter()
     _check_model_inputs(cfg)
     atlas = Atlas(atlas_root)
     run_id = new_run_id()
     summary = RunSummary(run_id=run_id, atlas=atlas.uri, model=cfg.model.name,
-                         inputs=[str(p) for p in inputs], model_trained=cfg.model.name != "esmfold-tiny")
+                         inputs=list(input_names or [str(p) for p in inputs]), model_trained=cfg.model.name != "esmfold-tiny")
     msa_spec: MSASpec | None = make_spec(cfg.msa) if cfg.msa.tool != "none" else None
     with atlas.locked():
         atlas.init()
@@ -288,6 +293,8 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
                                   workers=cfg.plan.ingest_workers, memory_limit=cfg.plan.memory_limit)
         summary.read, summary.rejected, summary.accepted = spill.n_read, spill.rejected, spill.accepted
         summary.fragments, summary.rejected_by_reason = spill.fragments, dict(spill.rejected_by_reason)
+        # records an earlier run split into fragments after running out of memory: their fragments
+        resume_fragmented(spill, atlas, cfg.model.name, cfg.ingest, memory_limit=cfg.plan.memory_limit)
         plan = plan_run(spill, atlas, cfg.model.name, cfg.plan, scratch / "plan", msa=msa_spec,
                         reuse_models=cfg.plan.reuse_models, long_above=cfg.long_sequences.chunked_above,
                         memory_limit=cfg.plan.memory_limit)
@@ -346,9 +353,6 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
     failed: Counter[str] = Counter()
     t_fold = time.perf_counter()
     summary.units_planned, summary.units_long = plan.units, plan.units_long
-    by_id = dict(plan.unit_counts)  # unit id -> (sequences, residues): ids and counts, never records
-    parts = [(unit_refs(plan.units_files[k], atlas, ctx.run_id), k == "long") for k in ("normal", "long")
-             if k in plan.units_files]
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -384,32 +388,16 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            pending = [r["unit_id"] for part, _ in parts for r in part]
-            lost_units: list[WorkUnit] = []
-            for attempt in (1, 2):
-                done: set[str] = set()
-                for manifest in _stream_units(parts, cfg, ctx, tracker, isolate=attempt > 1):
-                    _publish(atlas, ctx, manifest, by_id[manifest["unit_id"]], tracker, summary, tiers, failed)
-                    done.add(manifest["unit_id"])
-                lost = [u for u in pending if u not in done]
-                if not lost:
-                    break
-                log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
-                            cfg.ray.max_task_retries + 1, attempt, ", ".join(lost[:5]))
-                # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
-                # (payloads read back from the units files; lost units are few)
-                lost_units = ([single for u in plan.load_units(lost) for single in split_unit(u)] if attempt == 1
-                              else [u for u in lost_units if u.unit_id in set(lost)])
-                pending = [u.unit_id for u in lost_units]
-                by_id.update({u.unit_id: (len(u.sequences), u.residues) for u in lost_units})
-                if attempt == 1:
-                    normal, long = route_long(lost_units, cfg.long_sequences.chunked_above)
-                    parts = [(unit_refs(write_units_file(plan.root / f"units-retry-{k}.parquet", us), atlas, ctx.run_id),
-                              k == "long") for k, us in (("normal", normal), ("long", long)) if us]
-            else:
-                for unit in lost_units:  # crashed alone on every attempt: failure rows, never a silent skip
-                    manifest = _crash_failures(unit, cfg, ctx, atlas)
-                    _publish(atlas, ctx, manifest, by_id[unit.unit_id], tracker, summary, tiers, failed)
+            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed, plan.root.parent)
+            # out of memory in the normal pool goes on to the chunked pool or fragments when configured
+            fragments_on = cfg.ingest.fragment_above is not None
+            first = PoolRoute(defer_normal=cfg.long_sequences.chunked_above is not None or fragments_on,
+                              defer_long=fragments_on)
+            deferred, records = _fold_pass(plan, first, sink)
+            if deferred:
+                ledger = OOMLedger()
+                ledger.add(deferred, records)
+                _reroute_oom(ledger, sink, ctx.msa)
             stop.set()
             poller.join(timeout=60)
             if sample(60) is None:
@@ -431,7 +419,8 @@ def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: tu
     """Publish one unit's staged shards and add its counts to the summary (``unit``: sequences, residues)."""
     t_pub = time.perf_counter()
     atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
-    tracker.record.remote("publish", unit[0], unit[1], time.perf_counter() - t_pub)
+    deferred = manifest.get("deferred") or {}  # handed back after running out of memory: published later
+    tracker.record.remote("publish", unit[0] - len(deferred), unit[1], time.perf_counter() - t_pub)
     c = manifest["counts"]
     summary.units_published += 1
     summary.predicted += c["structures"]
@@ -452,6 +441,137 @@ def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: tu
         failed[r] += n
 
 
+@dataclass
+class _PassSink:
+    """Where a fold pass publishes: the run's config, context, atlas, progress tracker and tallies,
+    and the run's scratch directory (``<staging>/_plan``) for the units files of later passes."""
+
+    cfg: RunConfig
+    ctx: WriteContext
+    atlas: Atlas
+    tracker: Any
+    summary: RunSummary
+    tiers: Counter[str]
+    failed: Counter[str]
+    scratch: Path
+
+    def publish(self, manifest: dict[str, Any], unit: tuple[int, int]) -> None:
+        _publish(self.atlas, self.ctx, manifest, unit, self.tracker, self.summary, self.tiers, self.failed)
+
+
+def _fold_pass(plan: StreamPlan, route: PoolRoute, sink: _PassSink
+               ) -> tuple[dict[str, tuple[str, str]], dict[str, list[AcceptedRecord]]]:
+    """Stream the units of ``plan`` (its units files) through the fold pools and publish each as it
+    finishes; the driver holds unit ids and counts, the payloads are read by the Ray workers.
+
+    A unit whose worker dies on every retry is tried again with each sequence alone (payloads read
+    back from the units files; lost units are few), then written as ``worker_crashed`` failure rows.
+    Returns the sequences the pools handed back after running out of memory (``route.defer_*``):
+    sha256 -> (fold_route label of their pool, error message), and their records, read back from
+    the units that handed them back.
+    """
+    cfg, atlas, run_id = sink.cfg, sink.atlas, sink.ctx.run_id
+
+    def refs(p: StreamPlan) -> list[tuple[list[dict[str, Any]], bool]]:
+        return [(unit_refs(p.units_files[k], atlas, run_id), k == "long") for k in ("normal", "long")
+                if k in p.units_files]
+
+    parts = refs(plan)
+    long_ids = {r["unit_id"] for part, is_long in parts if is_long for r in part}  # their pool's label
+
+    def label(unit_id: str) -> str:
+        return route.long if unit_id in long_ids else route.normal
+
+    counts = plan.unit_counts  # unit id -> (sequences, residues)
+    pending = [r["unit_id"] for part, _ in parts for r in part]
+    sources = [plan]  # where the payloads of this pass's units lie
+    deferred: dict[str, tuple[str, str]] = {}
+    handed_back: set[str] = set()  # units that handed sequences back
+    for attempt in (1, 2):
+        done: set[str] = set()
+        for manifest in _stream_units(parts, cfg, sink.ctx, sink.tracker, isolate=attempt > 1, route=route):
+            uid = manifest["unit_id"]
+            sink.publish(manifest, counts[uid])
+            if manifest["deferred"]:
+                deferred.update({sha: (label(uid), msg) for sha, msg in manifest["deferred"].items()})
+                handed_back.add(uid)
+            done.add(uid)
+        pending = [u for u in pending if u not in done]  # lost
+        if not pending:
+            break
+        log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(pending),
+                    cfg.ray.max_task_retries + 1, attempt, ", ".join(pending[:5]))
+        if attempt == 2:
+            break
+        # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
+        # (singles go to the pool of their unit)
+        loaded = plan.load_units(pending)
+        retry = units_plan({k: [single for u in loaded if (u.unit_id in long_ids) == (k == "long")
+                                for single in split_unit(u)] for k in ("normal", "long")},
+                           plan.model, plan.root.parent / f"{plan.root.name}-retry")
+        parts, counts = refs(retry), retry.unit_counts
+        long_ids |= {r["unit_id"] for part, is_long in parts if is_long for r in part}
+        pending = [r["unit_id"] for part, _ in parts for r in part]
+        sources.append(retry)
+    if pending:  # crashed alone on every attempt: failure rows, never a silent skip
+        for unit in sources[-1].load_units(pending):
+            sink.publish(_crash_failures(unit, cfg, sink.ctx, atlas, label(unit.unit_id)), counts[unit.unit_id])
+    records: dict[str, list[AcceptedRecord]] = {}
+    if handed_back:
+        units = {u.unit_id: u for src in sources for u in src.load_units(handed_back)}
+        for r in (r for u in units.values() for r in u.records if r.sha256 in deferred):
+            records.setdefault(r.sha256, []).append(r)
+    return deferred, records
+
+
+def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -> None:
+    """After the first pass: sequences that ran out of memory go to the chunked long pool, then into
+    fragments, then become ``oom`` failure rows, as far as the configuration allows (pipeline.oom_route).
+    Each pass streams from units files under the run's scratch directory, as the first does."""
+    from pipeline.oom_route import can_chunk, failure_message, oom_fragments, reroute_units, why_not_fragments
+    from pipeline.plan import cached_msas, plan_run, spill_records
+
+    cfg, summary = sink.cfg, sink.summary
+    summary.oom_rerouted = len(ledger.pending)
+    fragments_on = cfg.ingest.fragment_above is not None
+    to_chunk = {s: q for s, q in ledger.pending.items() if can_chunk(q, cfg.long_sequences.chunked_above)}
+    if to_chunk:
+        log.warning("%d sequence(s) ran out of memory in the normal pool; folding them in the chunked long pool",
+                    len(to_chunk))
+        known = cached_msas(sink.atlas, msa_spec, to_chunk) if msa_spec is not None else None
+        units = reroute_units(to_chunk, cfg.model.name, cfg.plan, "oom-chunked", known)
+        summary.units_planned += len(units)
+        summary.units_long += len(units)
+        chunked = units_plan({"long": units}, cfg.model.name, sink.scratch / "oom-chunked")  # all to the long pool
+        again, _ = _fold_pass(chunked, PoolRoute(long="oom_chunked", defer_long=fragments_on, all_long=True), sink)
+        ledger.add(again, {})
+        ledger.settle([s for s in to_chunk if s not in again], "chunked")
+    split = {s: q for s, q in ledger.pending.items() if why_not_fragments(q, cfg.ingest) is None}
+    if split:
+        records = [f for q in split.values() for rec in q.records for f in oom_fragments(rec, cfg.ingest)]
+        log.warning("%d sequence(s) ran out of memory whole; folding them as %d fragments", len(split), len(records))
+        ledger.fragments = len(records)
+        # the fragments are planned as a run's records are: link, reuse, units files
+        spill = spill_records(records, [], sink.scratch / "oom-fragments-ingest")
+        fplan = plan_run(spill, sink.atlas, cfg.model.name, cfg.plan, sink.scratch / "oom-fragments", msa=msa_spec,
+                         reuse_models=cfg.plan.reuse_models, long_above=cfg.long_sequences.chunked_above,
+                         memory_limit=cfg.plan.memory_limit)
+        _publish_entries(fplan, sink.ctx, sink.atlas, summary)
+        summary.units_planned += fplan.units
+        if fplan.units:
+            _fold_pass(fplan, PoolRoute(normal="oom_fragment", long="oom_fragment"), sink)
+        ledger.settle(list(split), "fragments")
+    for label in sorted({q.route for q in ledger.pending.values()}):
+        group = {s: q for s, q in ledger.pending.items() if q.route == label}
+        messages = {q.sequence: failure_message(q, why_not_fragments(q, cfg.ingest) or "") for q in group.values()}
+        for unit in reroute_units(group, cfg.model.name, cfg.plan, "oom-failed"):
+            summary.units_planned += 1
+            sink.publish(_stage_failures(unit, "oom", messages, cfg, sink.ctx, sink.atlas, label),
+                         (len(unit.sequences), unit.residues))
+        ledger.settle(list(group), "failed")
+    summary.oom_routes, summary.oom_fragments = dict(ledger.routes), ledger.fragments
+
+
 def split_unit(unit: WorkUnit) -> list[WorkUnit]:
     """One work unit per sequence (records and cached MSA stats follow their sequence)."""
     if len(unit.sequences) == 1:
@@ -466,20 +586,27 @@ def split_unit(unit: WorkUnit) -> list[WorkUnit]:
     return out
 
 
-def _crash_failures(unit: WorkUnit, cfg: RunConfig, ctx: WriteContext, atlas: Atlas) -> dict[str, Any]:
+def _crash_failures(unit: WorkUnit, cfg: RunConfig, ctx: WriteContext, atlas: Atlas,
+                    route: str | None = None) -> dict[str, Any]:
     """Stage ``worker_crashed`` failure rows for a unit that killed its worker on every attempt."""
+    attempts = cfg.ray.max_task_retries + 1
+    msg = (f"the worker process died on each of {attempts} attempts in a batch and {attempts} alone "
+           "(segfault, kill or host out-of-memory); see the Ray worker logs")
+    return _stage_failures(unit, "worker_crashed", dict.fromkeys(unit.sequences, msg), cfg, ctx, atlas, route)
+
+
+def _stage_failures(unit: WorkUnit, reason: str, messages: dict[str, str], cfg: RunConfig, ctx: WriteContext,
+                    atlas: Atlas, route: str | None) -> dict[str, Any]:
+    """Failure rows written by the driver (no model call): one per sequence, ``messages`` by sequence."""
     import dataclasses
 
     from model.base import ModelInfo, PredictionFailure
     from pipeline.write import write_unit
 
-    attempts = cfg.ray.max_task_retries + 1
-    msg = (f"the worker process died on each of {attempts} attempts in a batch and {attempts} alone "
-           "(segfault, kill or host out-of-memory); see the Ray worker logs")
     info = ModelInfo(name=cfg.model.name, version="none (no prediction)", weights_sha256="",
                      trained=cfg.model.name != "esmfold-tiny")
-    outcomes: list[Any] = [PredictionFailure(s, "worker_crashed", msg, 1) for s in unit.sequences]
-    manifest = write_unit(unit, outcomes, info, {}, ctx)
+    outcomes: list[Any] = [PredictionFailure(s, reason, messages[s], 1) for s in unit.sequences]
+    manifest = write_unit(unit, outcomes, info, {}, ctx, route=route)
     manifest.staged = atlas.upload_staged(ctx.run_id, manifest.staged)
     return dataclasses.asdict(manifest)
 

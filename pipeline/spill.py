@@ -6,10 +6,14 @@ into Parquet files under a scratch directory, ``batch_rows`` records per row gro
 ``accepted/*.parquet``  :data:`ACCEPTED_SCHEMA`: the fields a record's other fields follow from
     (``pipeline.ingest.LITE_FIELDS``: header, accession, sequence, SHA-256 ...; fragments F1..Fn of
     a long sequence are rows of their own) plus ``file_no`` (position of the file in the input
-    list), ``whole_sha256`` (a fragment's whole sequence) and where the record's chunk lies in the
-    file (for :func:`pipeline.scan.reread`).
+    list), ``whole_sha256`` (a fragment's whole sequence), ``oom_split`` (a fragment made because
+    the whole sequence ran out of memory in an earlier run, :func:`pipeline.oom_route.resume_fragmented`)
+    and where the record's chunk lies in the file (for :func:`pipeline.scan.reread`).
 ``rejected/*.parquet``  :data:`REJECTED_SCHEMA`: RejectedRecord's fields plus ``file_no`` and the
     atlas ``reject_key``.
+``replaced.parquet``, ``accepted/oom-resumed.parquet``  records an earlier run split into fragments
+    after they ran out of memory whole, and those fragments (:func:`pipeline.oom_route.resume_fragmented`):
+    :meth:`IngestSpill.accepted_sql` leaves the records out, the fragments are accepted rows.
 ``dups.parquet``  the duplicate accessions: every accepted record after the first with its
     accession (first valid occurrence wins, across all files in input order), with the note that a
     kept duplicate carries. Under ``duplicate_accessions = "reject"`` they are turned into
@@ -45,6 +49,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.ingest import (
+    FRAGMENT_FIELDS,
     LITE_FIELDS,
     AcceptedRecord,
     IngestPolicy,
@@ -69,9 +74,10 @@ ACCEPTED_SCHEMA = pa.schema([
     pa.field("source", pa.dictionary(pa.int32(), _S)), pa.field("record_index", _I), pa.field("line", _I),
     pa.field("header", _S), pa.field("accession", _S), pa.field("sequence", _S), pa.field("length", _I),
     pa.field("sha256", _S), pa.field("notes", pa.list_(_S)), pa.field("fragment", _I), pa.field("start", _I),
-    pa.field("file_no", pa.int32()), pa.field("whole_sha256", _S), pa.field("chunk_offset", _I),
-    pa.field("chunk_length", _I), pa.field("chunk_sub", pa.int32())])
-RECORD_COLUMNS = list(LITE_FIELDS)
+    pa.field("file_no", pa.int32()), pa.field("whole_sha256", _S), pa.field("oom_split", pa.bool_()),
+    pa.field("chunk_offset", _I), pa.field("chunk_length", _I), pa.field("chunk_sub", pa.int32())])
+#: The columns an AcceptedRecord is rebuilt from (``pipeline.ingest.record_from_lite``).
+RECORD_COLUMNS = [*LITE_FIELDS, *FRAGMENT_FIELDS]
 #: RejectedRecord's fields in order, then the spill's own columns.
 REJECTED_SCHEMA = pa.schema([
     pa.field("source", _S), pa.field("record_index", _I), pa.field("line", _I), pa.field("code", _S),
@@ -79,6 +85,8 @@ REJECTED_SCHEMA = pa.schema([
     pa.field("accession", _S), pa.field("file_no", pa.int32()), pa.field("reject_key", _S),
 ])
 REJECT_COLUMNS = REJECTED_SCHEMA.names[:8]
+#: ``replaced.parquet``: accepted rows replaced by their fragments (pipeline.oom_route.resume_fragmented).
+REPLACED_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("sha256", _S)])
 _DUPS_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("note", _S)])
 
 
@@ -220,9 +228,9 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
                     whole = values[7]
                     frags = fragment_record(record_from_lite(values), policy)
                     res.fragment_rows += len(frags) if len(frags) > 1 else 0
-                    rows += [(*lite_from_record(f), part.file_no, whole, offset, length, sub) for f in frags]
+                    rows += [(*lite_from_record(f), part.file_no, whole, False, offset, length, sub) for f in frags]
                 else:
-                    rows.append((*values, part.file_no, None, offset, length, sub))
+                    rows.append((*values, part.file_no, None, False, offset, length, sub))
                 if len(rows) >= batch_rows:
                     acc_writer.write_batch(accepted_batch(rows, part.source), row_group_size=batch_rows)
                     rows = []
@@ -257,6 +265,7 @@ class IngestSpill:
     fragments: int = 0  # fragment rows of records cut into two or more (summary.fragments)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0  # records after the first with their accession
+    replaced: int = 0  # records replaced by their fragments (replaced.parquet, pipeline.oom_route)
     files: list[str] = field(default_factory=list)
 
     @property
@@ -274,6 +283,9 @@ class IngestSpill:
     def accepted_sql(self) -> str:
         """A DuckDB relation of the final accepted rows (:data:`ACCEPTED_SCHEMA`)."""
         acc = f"read_parquet('{_sql_path(self.accepted_glob)}')"
+        if self.replaced:
+            acc = (f"(SELECT a.* FROM {acc} a ANTI JOIN read_parquet('{_sql_path(self.root / 'replaced.parquet')}') r "
+                   "USING (file_no, record_index, sha256))")
         if not self.duplicates:
             return acc
         dups = f"read_parquet('{_sql_path(self.root / 'dups.parquet')}')"

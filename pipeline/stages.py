@@ -87,20 +87,30 @@ class FoldActor:
     """Loads the model once per actor; folds one work unit per call."""
 
     def __init__(self, model_settings: Any, fold_settings: Any, torch_threads: int | None = None,
-                 atlas_root: str | None = None, tracker: Any = None, actors_per_node: int = 1) -> None:
+                 atlas_root: str | None = None, tracker: Any = None, actors_per_node: int = 1,
+                 route: str = "normal", defer_oom: bool = False) -> None:
+        """``route``: this pool's ``fold_route`` label; ``defer_oom``: hand sequences that run out of
+        memory back to the driver (pipeline.oom_route) instead of writing ``oom`` failure rows."""
         import torch
 
         from model.esmfold import load_backend
         from pipeline.fold import Folder
+        from pipeline.oom_route import InjectedOOMBackend, oom_faults
 
         # default: this node's cores shared by the fold actors (on CPU the write stage is mostly idle)
         torch.set_num_threads(torch_threads or max(1, (os.cpu_count() or 1) // max(1, actors_per_node)))
-        self.backend = load_backend(model_settings)
+        self.backend: Any = load_backend(model_settings)
+        if faults := oom_faults():
+            log.warning("fault injection: out of memory for %d sequence(s)", len(faults))
+            self.backend = InjectedOOMBackend(self.backend, faults)
         self.folder = Folder(self.backend, fold_settings)
         self.atlas_root = atlas_root
         self.tracker = tracker
+        self.route = route
+        self.defer_oom = defer_oom
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.oom_route import take_oom
         from pipeline.progress import report_stage
 
         msa_column = batch.get("msa")
@@ -112,9 +122,12 @@ class FoldActor:
             msa = pickle.loads(msa_column[i]) if msa_column is not None else None
             self.folder.batch_sizes.clear()
             outcomes = self._fold(unit, msa)
-            results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes), msa),
-                                        protocol=5))
             report_stage(self.tracker, "fold", len(unit.sequences), unit.residues, time.perf_counter() - t0)
+            deferred: dict[str, str] = {}
+            if self.defer_oom:
+                unit, outcomes, deferred = take_oom(unit, outcomes)
+            results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes), msa,
+                                         self.route, deferred), protocol=5))
         return {"unit_id": batch["unit_id"], "result": np.array(results, dtype=object)}
 
     def _fold(self, unit: Any, msa: Any) -> list[Any]:
@@ -155,8 +168,9 @@ class WriteActor:
         manifests = []
         for result in batch["result"]:
             t0 = time.perf_counter()
-            unit, outcomes, info, batch_sizes, msa = pickle.loads(result)
-            manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa)
+            unit, outcomes, info, batch_sizes, msa, route, deferred = pickle.loads(result)
+            manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa, route)
+            manifest.deferred = deferred
             # staged paths relative to the atlas (uploaded to its _staging/ when it is on S3)
             manifest.staged = self.atlas.upload_staged(self.ctx.run_id, manifest.staged)
             manifests.append(json.dumps(dataclasses.asdict(manifest)))

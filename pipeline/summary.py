@@ -28,6 +28,9 @@ class RunSummary:
     units_planned: int = 0
     units_published: int = 0
     units_long: int = 0  # units folded in the long-sequence pool (long_sequences.chunked_above)
+    oom_rerouted: int = 0  # sequences that ran out of memory in their pool and were re-routed (pipeline.oom_route)
+    oom_routes: dict[str, int] = field(default_factory=dict)  # where they ended: chunked | fragments | failed
+    oom_fragments: int = 0  # fragment records made from sequences that ran out of memory whole
     predicted: int = 0  # new structures
     failed: int = 0  # new failure rows
     failed_by_reason: dict[str, int] = field(default_factory=dict)
@@ -103,6 +106,8 @@ def render_text(s: RunSummary) -> str:
         f"  records read {s.read}: accepted {s.accepted}, rejected {s.rejected} {s.rejected_by_reason or ''}",
         f"  already in atlas {s.already_in_atlas}, linked to earlier predictions {s.linked}",
         f"  sequences predicted {s.predicted}, failed {s.failed} {s.failed_by_reason or ''}",
+        *([f"  out of memory, re-routed {s.oom_rerouted}: {s.oom_routes} ({s.oom_fragments} fragments)"]
+          if s.oom_rerouted else []),
         f"  entries written {s.entries_written}, mmCIF published {s.structures_published}, tiers {s.tiers}",
         f"  MSAs searched {s.msa_searched}, from cache {s.msa_cached}, failed {s.msa_failed}",
         f"  units {s.units_published}/{s.units_planned}; fold wall {s.fold_wall_seconds:.1f} s, "

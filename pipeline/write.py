@@ -64,6 +64,7 @@ class UnitManifest:
     msa_searched: int = 0
     msa_cached: int = 0
     msa_failed: int = 0
+    deferred: dict[str, str] = field(default_factory=dict)  # sha256 -> OOM message: left to the driver to re-route
 
 
 def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
@@ -84,7 +85,7 @@ def _modelcif_entry(rec: AcceptedRecord, created: date) -> ModelCIFEntry:
 
 def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: datetime, status: str,
               metrics: dict[str, Any] | None, failure_reason: str | None = None,
-              msa: MSAStat | None = None) -> dict[str, Any]:
+              msa: MSAStat | None = None, fold_route: str | None = None) -> dict[str, Any]:
     """One ``entries`` row. ``metrics`` uses the AFDB names plus ptm/mean_plddt/tier/published."""
     m = metrics or {}
     row: dict[str, Any] = {name: None for name in ENTRIES_SCHEMA.names}
@@ -112,6 +113,8 @@ def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: da
         sequence_md5=rec.md5,
         sequence_length=rec.length,
         failure_reason=failure_reason,
+        fold_route="oom_fragment" if rec.oom_split else fold_route,
+        fragment_of_sha256=rec.whole_sha256,
         msa_depth=msa.depth if msa else None,
         msa_neff=msa.neff if msa else None,
         msa_key=msa.key if msa else None,
@@ -139,8 +142,9 @@ def _member_name(base: str, used: set[str], sha: str) -> str:
 
 
 def _failure_row(sha: str, seq: str, recs: list[AcceptedRecord], unit: WorkUnit, reason: str, message: str,
-                 batch_size: int, attempts: int, ctx: WriteContext, created_at: datetime) -> dict[str, Any]:
-    return {"sequence_sha256": sha, "model": unit.model, "sequence_length": len(seq),
+                 batch_size: int, attempts: int, ctx: WriteContext, created_at: datetime,
+                 route: str | None = None) -> dict[str, Any]:
+    return {"fold_route": "oom_fragment" if recs[0].oom_split else route, "sequence_sha256": sha, "model": unit.model, "sequence_length": len(seq),
             "accessions": [r.accession for r in recs], "reason": reason, "message": message,
             "batch_size": batch_size, "attempts": attempts, "unit_id": unit.unit_id, "run_id": ctx.run_id,
             "created_at": created_at}
@@ -157,8 +161,10 @@ def _msa_rows(unit: WorkUnit, msa: MSAUnitResult, spec: MSASpec, ctx: WriteConte
 
 
 def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], info: ModelInfo,
-               batch_sizes: dict[str, int], ctx: WriteContext, msa: MSAUnitResult | None = None) -> UnitManifest:
-    """Stage the unit's shards; one outcome per ``unit.sequences`` entry, same order."""
+               batch_sizes: dict[str, int], ctx: WriteContext, msa: MSAUnitResult | None = None,
+               route: str | None = None) -> UnitManifest:
+    """Stage the unit's shards; one outcome per ``unit.sequences`` entry, same order. ``route``: the
+    fold pool's ``fold_route`` label (pipeline.oom_route), written into entry and failure rows."""
     if len(outcomes) != len(unit.sequences):
         raise ValueError(f"unit {unit.unit_id}: {len(outcomes)} outcomes for {len(unit.sequences)} sequences")
     created_at = datetime.now(UTC)
@@ -193,8 +199,8 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
         if isinstance(outcome, PredictionFailure):
             attempts = msa.attempts if msa and outcome.reason == "msa_error" else 1
             failure_rows.append(_failure_row(sha, outcome.sequence, recs, unit, outcome.reason, outcome.message,
-                                             outcome.batch_size, attempts, ctx, created_at))
-            entry_rows += [entry_row(r, unit.model, ctx, created_at, "failed", None, outcome.reason, msa_stat)
+                                             outcome.batch_size, attempts, ctx, created_at, route))
+            entry_rows += [entry_row(r, unit.model, ctx, created_at, "failed", None, outcome.reason, msa_stat, route)
                            for r in recs]
             manifest.failure_reasons[outcome.reason] = manifest.failure_reasons.get(outcome.reason, 0) + 1
             continue
@@ -229,7 +235,7 @@ def write_unit(unit: WorkUnit, outcomes: list[Prediction | PredictionFailure], i
         entry_metrics = {**afdb, "ptm": metrics.ptm, "mean_plddt": metrics.mean_plddt_residues,
                          "tier": metrics.tier, "published": metrics.published,
                          "modelCreatedDate": created_at.date()}
-        entry_rows += [entry_row(r, unit.model, ctx, created_at, "predicted", entry_metrics, None, msa_stat)
+        entry_rows += [entry_row(r, unit.model, ctx, created_at, "predicted", entry_metrics, None, msa_stat, route)
                        for r in recs]
 
     if members:

@@ -15,28 +15,40 @@ the sequence does not imply:
   unknown residues) falls back to an explicit packed atom mask;
 * a small JSON object (``meta``) for the rest: sequence, max PAE, pTM, model and provenance.
 
-Encoding (format version 1)
----------------------------
+Encoding (format version 2, written; format 1 is still read)
+-------------------------------------------------------------
 Coordinates (:mod:`storage.compact_geometry`): each atom has a bonded *reference* atom known to
 the decoder first: CA the previous residue's CA, N/C/CB their residue's CA, O/OXT their C,
-side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference chain is three
-atoms deep is stored in the local frame of that chain (one component nearly constant per residue
-type and atom, two on a circle of nearly constant radius) plus an integer correction that makes
-the coding exact; CA atoms and atoms without such a chain are stored as differences to their
-reference. Every integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest
-byte width, byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd
-level 19. pLDDT: differences along the chain, same integer coding. PAE: 2-D differences (each
-value minus its upper and left neighbours plus the upper-left one). Decoding is vectorised:
-cumulative sums along the chain and over the image, and the side-chain tree level by level.
+side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference P has two more
+decoded *frame* atoms G and GG is stored in the local frame they span (e1 along G->P; one
+component nearly constant per residue type and atom, two on a circle of nearly constant radius)
+plus an integer correction that makes the coding exact; CA atoms and atoms without frame atoms
+are stored as differences to their reference. The frame atoms are, in format 1, the reference's
+own reference and its reference (for N, C, CB: the two previous CAs); format 2 keeps that for
+side chains but gives the backbone frames in which its geometry is nearly fixed
+(:func:`_backbone_frames`): C(i) in (CA(i+1), CA(i-1)), N(i) in (CA(i-1), C(i-1)) (trans peptide
+plane), O(i) in (CA(i), N(i+1)) and CB(i) in (N(i), C(i)) (8 % fewer coordinate bytes). Every
+integer stream is zigzag coded (signed -> unsigned), narrowed to the smallest byte width,
+byte-shuffled (all low bytes, then all second bytes, ...) and compressed with zstd level 19.
+pLDDT: differences along the chain, same integer coding. PAE (:mod:`storage.compact_pae`): format
+2 a lossless JPEG XL greyscale image, format 1 2-D differences (each value minus its upper and left
+neighbours plus the upper-left one) in the integer coding. Decoding is vectorised: cumulative sums
+along the chain, the atoms level by level (a level = one more than every atom it uses), and the
+PAE only when asked for (:func:`decode_structure` ``pae=False``, :func:`decode_pae`).
 
 Byte layout (little-endian)::
 
     b"FAC" | version u8 | flags u8 | L u32 | n_atoms u32 | sections...
 
 flags: bit 0 = explicit atom mask section present, bit 1 = OXT on the last residue (template
-mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | zstd bytes``
-(``width`` 0 = opaque bytes). Sections in order: meta JSON, [mask bits], the seven coordinate
-streams of :func:`storage.compact_geometry.encode_coordinates`, pLDDT (L), [PAE (L*L)].
+mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | bytes``
+(``width`` 0 = opaque bytes, else bytes per integer; the bytes are zstd frames, except the format 2
+PAE section: ``width`` 1 or 2 = bytes per sample, ``count`` L*L, the JPEG XL codestream as is).
+Sections in order: meta JSON, [mask bits], the seven coordinate streams of
+:func:`storage.compact_geometry.encode_coordinates` (plain deltas, class table (q0 offset, radius),
+q0 - offset, small component, quadrant code, big component's residual, correction), pLDDT (L),
+[PAE]. A new version must keep :data:`READABLE_VERSIONS` reading every older one (atlases keep
+their records).
 """
 
 from __future__ import annotations
@@ -51,7 +63,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from storage.compact_geometry import decode_coordinates, encode_coordinates, stream_sizes
+from storage.compact_geometry import chain_frames, decode_coordinates, encode_coordinates, stream_sizes
+from storage.compact_pae import decode_pae_image, encode_pae_image, undo_pae_deltas
 from storage.mmcif import ATOM_TYPES as _ATOM37  # atom37 order
 
 logger = logging.getLogger(__name__)
@@ -59,17 +72,22 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "READABLE_VERSIONS",
     "RESIDUE_ATOMS",
     "CompactStructure",
+    "decode_pae",
     "decode_structure",
     "encode_structure",
     "quantize",
+    "record_has_pae",
     "section_sizes",
     "template_atom_mask",
 ]
 
 MAGIC = b"FAC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this reader decodes (records written by older FoldAtlas releases stay readable).
+READABLE_VERSIONS = (1, 2)
 
 _INDEX = {name: i for i, name in enumerate(_ATOM37)}
 _CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
@@ -242,7 +260,8 @@ class _Reader:
     def __init__(self, data: bytes, pos: int) -> None:
         self.data, self.pos = data, pos
 
-    def section(self) -> tuple[int, int, bytes]:
+    def raw(self) -> tuple[int, int, bytes]:
+        """(width, count, stored bytes) of the next section, not decompressed."""
         if self.pos + _SECTION.size > len(self.data):
             raise ValueError("compact record is truncated (section header)")
         width, count, stored = _SECTION.unpack_from(self.data, self.pos)
@@ -251,9 +270,14 @@ class _Reader:
         if len(chunk) != stored:
             raise ValueError("compact record is truncated (section data)")
         self.pos += stored
+        return width, count, chunk
+
+    def section(self) -> tuple[int, int, bytes]:
+        """(width, count, decompressed bytes) of the next zstd section."""
+        width, count, chunk = self.raw()
         size = count * (width or 1)
         try:
-            payload = _unzstd(chunk, size) if stored else b""
+            payload = _unzstd(chunk, size) if chunk else b""
         except (OSError, pa.ArrowException) as e:
             raise ValueError(f"compact record section does not decompress: {e}") from e
         if len(payload) != size:
@@ -290,6 +314,34 @@ def _references(sequence: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ref, is_ca
 
 
+def _backbone_frames(sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Format 2 frames (g, gg) per stored atom: format 1's chain frames, with the backbone overrides.
+
+    Each override applies only when all its atoms exist and the atom's reference is the usual one:
+
+    * C(i): reference CA(i), frame CA(i+1), CA(i-1): C lies near the CA(i)->CA(i+1) line, so its
+      circle is small (the peptide plane's rotation);
+    * N(i): reference CA(i), frame CA(i-1), C(i-1): N(i) lies in the peptide plane of C(i-1),
+      so its torsion is fixed (trans peptide);
+    * O(i): reference C(i), frame CA(i), N(i+1): O lies in the same plane (torsion fixed);
+    * CB(i): reference CA(i), frame N(i), C(i): fixed by the tetrahedral geometry (chirality).
+    """
+    g, gg = chain_frames(ref, is_ca)
+    stored = np.full(mask.shape, -1, dtype=np.int64)
+    stored[mask] = np.arange(int(mask.sum()))
+    ca, nn, c, o, cb = (stored[:, _INDEX[name]] for name in ("CA", "N", "C", "O", "CB"))
+    none = np.full(1, -1, dtype=np.int64)
+    next_ca, prev_ca = np.concatenate([ca[1:], none]), np.concatenate([none, ca[:-1]])
+    prev_c, next_n = np.concatenate([none, c[:-1]]), np.concatenate([nn[1:], none])
+    for atom, parent, frame_g, frame_gg in ((c, ca, next_ca, prev_ca), (nn, ca, prev_ca, prev_c),
+                                            (o, c, ca, next_n), (cb, ca, nn, c)):
+        ok = (atom >= 0) & (parent >= 0) & (frame_g >= 0) & (frame_gg >= 0)
+        ok[ok] &= ref[atom[ok]] == parent[ok]
+        g[atom[ok]], gg[atom[ok]] = frame_g[ok], frame_gg[ok]
+    return g, gg
+
+
 def _coordinate_deltas(coords: np.ndarray, ref: np.ndarray) -> np.ndarray:
     base = np.where(ref[:, None] >= 0, coords[np.maximum(ref, 0)], 0)
     return coords - base
@@ -302,17 +354,26 @@ def _atom_classes(sequence: str, mask: np.ndarray) -> np.ndarray:
     return restype[res] * len(_ATOM37) + atom
 
 
-def _pae_deltas(pae: np.ndarray) -> np.ndarray:
-    return np.diff(np.diff(pae, axis=0, prepend=0), axis=1, prepend=0)
-
-
 # ----------------------------------------------------------------------------------------------
 # Records
 # ----------------------------------------------------------------------------------------------
 
 
+def _frames_for(version: int, sequence: str, mask: np.ndarray, ref: np.ndarray, is_ca: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    return _backbone_frames(sequence, mask, ref, is_ca) if version >= 2 else chain_frames(ref, is_ca)
+
+
+def _pae_section(pae: np.ndarray) -> bytes:
+    n = pae.shape[0]
+    if n == 0:
+        return _SECTION.pack(1, 0, 0)
+    width, image = encode_pae_image(pae)
+    return _SECTION.pack(width, n * n, len(image)) + image
+
+
 def encode_structure(structure: CompactStructure) -> bytes:
-    """The compact record bytes of ``structure`` (see the module docstring for the layout)."""
+    """The compact record bytes of ``structure`` in the current format (see the module docstring)."""
     seq, mask = structure.sequence, np.asarray(structure.atom_mask, dtype=bool)
     flags = 0
     if np.array_equal(mask, template_atom_mask(seq, oxt=True)) and len(seq):
@@ -325,31 +386,51 @@ def encode_structure(structure: CompactStructure) -> bytes:
                       allow_nan=False).encode()
     coords = np.asarray(structure.coords, dtype=np.int64)
     ref, is_ca = _references(seq, mask)
+    g, gg = _frames_for(FORMAT_VERSION, seq, mask, ref, is_ca)
     parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(seq), coords.shape[0]), _section(0, len(meta), meta)]
     if flags & _FLAG_MASK:
         bits = np.packbits(mask.ravel()).tobytes()
         parts.append(_section(0, len(bits), bits))
-    parts += [_int_section(stream) for stream in encode_coordinates(coords, ref, is_ca, _atom_classes(seq, mask))]
+    streams = encode_coordinates(coords, ref, g, gg, is_ca, _atom_classes(seq, mask))
+    parts += [_int_section(stream) for stream in streams]
     parts.append(_int_section(np.diff(np.asarray(structure.plddt, dtype=np.int64), prepend=0)))
     if structure.pae is not None:
-        parts.append(_int_section(_pae_deltas(np.asarray(structure.pae, dtype=np.int64))))
+        parts.append(_pae_section(np.asarray(structure.pae, dtype=np.int64)))
     record = b"".join(parts)
     logger.debug("compact record: %d residues, %d atoms, %d bytes", len(seq), coords.shape[0], len(record))
     return record
 
 
-def decode_structure(data: bytes) -> CompactStructure:
-    """Parse a compact record.
+def _header(data: bytes) -> tuple[int, int, int, int]:
+    """(version, flags, L, n_atoms), checked."""
+    if len(data) < _HEADER.size or data[:3] != MAGIC:
+        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
+    _, version, flags, n, n_atoms = _HEADER.unpack_from(data, 0)
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"compact record format version {version} is not supported (this reader: "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade FoldAtlas")
+    return version, flags, n, n_atoms
+
+
+def _read_pae(reader: _Reader, version: int, n: int) -> np.ndarray:
+    if version == 1:
+        return undo_pae_deltas(reader.ints(n * n).reshape(n, n))
+    width, count, image = reader.raw()
+    if count != n * n or width not in (1, 2):
+        raise ValueError(f"compact record: PAE section holds {count} values of width {width}, expected {n * n}")
+    return decode_pae_image(image, width, n) if n else np.zeros((0, 0), dtype=np.int64)
+
+
+def decode_structure(data: bytes, *, pae: bool = True) -> CompactStructure:
+    """Parse a compact record of any readable format version.
+
+    ``pae=False`` skips decoding the PAE (the slowest part: about 0.1 s at 1,000 residues); the
+    result then has ``pae`` None whatever the record holds (see :func:`decode_pae`).
 
     Raises:
         ValueError: not a compact record, an unknown format version, or corrupt/truncated bytes.
     """
-    if len(data) < _HEADER.size or data[:3] != MAGIC:
-        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
-    _, version, flags, n, n_atoms = _HEADER.unpack_from(data, 0)
-    if version != FORMAT_VERSION:
-        raise ValueError(f"compact record format version {version} is not supported (this reader: "
-                         f"{FORMAT_VERSION}); upgrade FoldAtlas")
+    version, flags, n, n_atoms = _header(data)
     reader = _Reader(data, _HEADER.size)
     _, _, meta_bytes = reader.section()
     meta = json.loads(meta_bytes)
@@ -365,23 +446,44 @@ def decode_structure(data: bytes) -> CompactStructure:
     if int(mask.sum()) != n_atoms:
         raise ValueError(f"compact record: {n_atoms} atoms in the header, {int(mask.sum())} in the mask")
     ref, is_ca = _references(sequence, mask)
+    g, gg = _frames_for(version, sequence, mask, ref, is_ca)
     classes = _atom_classes(sequence, mask)
-    streams = [reader.ints(size) for size in stream_sizes(ref, is_ca, classes)]
-    coords = decode_coordinates(streams, ref, is_ca, classes)
+    streams = [reader.ints(size) for size in stream_sizes(ref, g, gg, is_ca, classes)]
+    coords = decode_coordinates(streams, ref, g, gg, is_ca, classes)
     plddt = np.cumsum(reader.ints(n))
-    pae = None
+    pae_values = None
     if flags & _FLAG_PAE:
-        pae = np.cumsum(np.cumsum(reader.ints(n * n).reshape(n, n), axis=0), axis=1)
+        if pae:
+            pae_values = _read_pae(reader, version, n)
+        else:
+            reader.raw()
     if reader.pos != len(data):
         raise ValueError(f"compact record has {len(data) - reader.pos} trailing bytes")
-    return CompactStructure(sequence, mask, coords, plddt, pae, meta)
+    return CompactStructure(sequence, mask, coords, plddt, pae_values, meta)
+
+
+def record_has_pae(data: bytes) -> bool:
+    """Whether a record holds a PAE matrix (from its header alone)."""
+    return bool(_header(data)[1] & _FLAG_PAE)
+
+
+def decode_pae(data: bytes) -> np.ndarray | None:
+    """The PAE matrix of a record (int64 (L, L)), or None; skips the other sections undecoded."""
+    version, flags, n, _ = _header(data)
+    if not flags & _FLAG_PAE:
+        return None
+    reader = _Reader(data, _HEADER.size)
+    for _ in range(1 + bool(flags & _FLAG_MASK) + _COORDINATE_STREAMS + 1):  # meta, [mask], coordinates, pLDDT
+        reader.raw()
+    values = _read_pae(reader, version, n)
+    if reader.pos != len(data):
+        raise ValueError(f"compact record has {len(data) - reader.pos} trailing bytes")
+    return values
 
 
 def section_sizes(data: bytes) -> dict[str, int]:
     """Stored bytes of each part of a record (header, meta, mask, coordinates, plddt, pae)."""
-    if len(data) < _HEADER.size or data[:3] != MAGIC:
-        raise ValueError("not a FoldAtlas compact structure record (bad magic)")
-    flags = data[4]
+    _, flags, _, _ = _header(data)
     names = ["meta", *(["mask"] if flags & _FLAG_MASK else []), *["coordinates"] * _COORDINATE_STREAMS, "plddt",
              *(["pae"] if flags & _FLAG_PAE else [])]
     sizes, pos = {"header": _HEADER.size}, _HEADER.size

@@ -66,11 +66,15 @@ def _unrotate(q: np.ndarray, e1: np.ndarray, e2: np.ndarray, e3: np.ndarray) -> 
     return np.rint(out).astype(np.int64)
 
 
-def _chain(ref: np.ndarray, is_ca: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(g, gg, framed): references of references, and which atoms are frame-coded."""
+def chain_frames(ref: np.ndarray, is_ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Format 1 frames: (g, gg) = the reference's reference and its reference (-1 = none)."""
     g = np.where(ref >= 0, ref[np.maximum(ref, 0)], -1)
     gg = np.where(g >= 0, ref[np.maximum(g, 0)], -1)
-    return g, gg, (~is_ca) & (ref >= 0) & (g >= 0) & (gg >= 0)
+    return g, gg
+
+
+def _framed(ref: np.ndarray, g: np.ndarray, gg: np.ndarray, is_ca: np.ndarray) -> np.ndarray:
+    return (~is_ca) & (ref >= 0) & (g >= 0) & (gg >= 0)
 
 
 def _circle_prediction(radius: np.ndarray, small: np.ndarray) -> np.ndarray:
@@ -78,22 +82,29 @@ def _circle_prediction(radius: np.ndarray, small: np.ndarray) -> np.ndarray:
     return np.rint(np.sqrt(np.maximum(r * r - s * s, 0.0))).astype(np.int64)
 
 
-def _depths(ref: np.ndarray, is_ca: np.ndarray) -> np.ndarray:
+def _depths(ref: np.ndarray, g: np.ndarray, gg: np.ndarray, is_ca: np.ndarray, framed: np.ndarray) -> np.ndarray:
+    """Decoding level of each atom: CA and absolute atoms 0, others one more than every atom they use."""
     depth = np.where(is_ca | (ref < 0), 0, -1)
+    uses = [ref, np.where(framed, g, ref), np.where(framed, gg, ref)]
     for _ in range(64):
-        todo = depth < 0
-        if not todo.any():
+        todo = np.nonzero(depth < 0)[0]
+        if not todo.size:
             return depth
-        parent_depth = depth[ref[todo]]
-        depth[np.nonzero(todo)[0]] = np.where(parent_depth >= 0, parent_depth + 1, -1)
+        parents = np.stack([depth[u[todo]] for u in uses])
+        depth[todo] = np.where((parents >= 0).all(axis=0), parents.max(axis=0) + 1, -1)
     raise ValueError("compact record: atom references form a cycle")
 
 
-def encode_coordinates(coords: np.ndarray, ref: np.ndarray, is_ca: np.ndarray,
-                       classes: np.ndarray) -> list[np.ndarray]:
-    """Integer streams: plain deltas, class table, q0 - offset, small, code, big residual, corr."""
+def encode_coordinates(coords: np.ndarray, ref: np.ndarray, g: np.ndarray, gg: np.ndarray, is_ca: np.ndarray,
+                       classes: np.ndarray, columns: int = 2) -> list[np.ndarray]:
+    """Integer streams: plain deltas, class table, q0 - offset, small, code, big residual, corr.
+
+    ``columns`` 2 (format 1): the class table holds (q0 offset, radius); 3 (format 2): also the
+    median of ``small``, subtracted from it (atoms whose torsion is fixed by the frame, such as a
+    CB in the N-CA-C frame, then store only the noise).
+    """
     coords = np.asarray(coords, dtype=np.int64)
-    g, gg, framed = _chain(ref, is_ca)
+    framed = _framed(ref, g, gg, is_ca)
     deltas = coords - np.where(ref[:, None] >= 0, coords[np.maximum(ref, 0)], 0)
     rows = np.nonzero(framed)[0]
     e1, e2, e3 = _frames(coords.astype(np.float64), ref[rows], g[rows], gg[rows])
@@ -102,41 +113,45 @@ def encode_coordinates(coords: np.ndarray, ref: np.ndarray, is_ca: np.ndarray,
     q = np.rint(np.stack([_dot(df, e1), _dot(df, e2), _dot(df, e3)], axis=1)).astype(np.int64)
     corr = d - _unrotate(q, e1, e2, e3)
     present, index = np.unique(classes[rows], return_inverse=True)
-    offset = np.zeros(present.size, dtype=np.int64)
-    radius = np.zeros(present.size, dtype=np.int64)
+    table = np.zeros((present.size, columns), dtype=np.int64)
     hyp = np.sqrt(q[:, 1].astype(np.float64) ** 2 + q[:, 2].astype(np.float64) ** 2)
-    for i in range(present.size):
-        sel = index == i
-        offset[i] = int(np.rint(np.median(q[sel, 0])))
-        radius[i] = int(np.rint(np.median(hyp[sel])))
     big_is_1 = np.abs(q[:, 1]) > np.abs(q[:, 2])
     small = np.where(big_is_1, q[:, 2], q[:, 1])
     big = np.where(big_is_1, q[:, 1], q[:, 2])
+    for i in range(present.size):
+        sel = index == i
+        table[i, 0] = int(np.rint(np.median(q[sel, 0])))
+        table[i, 1] = int(np.rint(np.median(hyp[sel])))
+        if columns > 2:
+            table[i, 2] = int(np.rint(np.median(small[sel])))
     code = big_is_1.astype(np.int64) * 2 + (big < 0)
-    big_residual = np.abs(big) - _circle_prediction(radius[index], small)
-    table = np.stack([offset, radius], axis=1)
-    return [deltas[~framed], table, q[:, 0] - offset[index], small, code, big_residual, corr]
+    big_residual = np.abs(big) - _circle_prediction(table[index, 1], small)
+    small_stored = small - table[index, 2] if columns > 2 else small
+    return [deltas[~framed], table, q[:, 0] - table[index, 0], small_stored, code, big_residual, corr]
 
 
-def stream_sizes(ref: np.ndarray, is_ca: np.ndarray, classes: np.ndarray) -> list[int]:
+def stream_sizes(ref: np.ndarray, g: np.ndarray, gg: np.ndarray, is_ca: np.ndarray, classes: np.ndarray,
+                 columns: int = 2) -> list[int]:
     """How many integers each stream of :func:`encode_coordinates` holds (the decoder's expectations)."""
-    _, _, framed = _chain(ref, is_ca)
+    framed = _framed(ref, g, gg, is_ca)
     k = int(framed.sum())
     n_classes = np.unique(classes[framed]).size
-    return [int((~framed).sum()) * 3, n_classes * 2, k, k, k, k, k * 3]
+    return [int((~framed).sum()) * 3, n_classes * columns, k, k, k, k, k * 3]
 
 
-def decode_coordinates(streams: list[np.ndarray], ref: np.ndarray, is_ca: np.ndarray,
-                       classes: np.ndarray) -> np.ndarray:
+def decode_coordinates(streams: list[np.ndarray], ref: np.ndarray, g: np.ndarray, gg: np.ndarray,
+                       is_ca: np.ndarray, classes: np.ndarray, columns: int = 2) -> np.ndarray:
     """Inverse of :func:`encode_coordinates`: int64 (n_atoms, 3) coordinates."""
     plain, table, q0r, small, code, big_residual, corr = streams
     n = ref.size
-    g, gg, framed = _chain(ref, is_ca)
+    framed = _framed(ref, g, gg, is_ca)
     rows = np.nonzero(framed)[0]
     _, index = np.unique(classes[rows], return_inverse=True)
-    table = table.reshape(-1, 2)
+    table = table.reshape(-1, columns)
     if code.size and (code.min() < 0 or code.max() > 3):
         raise ValueError("compact record: bad coordinate codes")
+    if columns > 2:
+        small = small + table[index, 2]
     mag = _circle_prediction(table[index, 1], small) + big_residual
     big = np.where(code % 2 == 1, -mag, mag)
     big_is_1 = code >= 2
@@ -151,7 +166,7 @@ def decode_coordinates(streams: list[np.ndarray], ref: np.ndarray, is_ca: np.nda
     coords[ca_rows] = np.cumsum(deltas[ca_rows], axis=0)  # CA chain: first absolute, then differences
     position = np.full(n, -1, dtype=np.int64)
     position[rows] = np.arange(rows.size)
-    depth = _depths(ref, is_ca)
+    depth = _depths(ref, g, gg, is_ca, framed)
     for level in range(1, int(depth.max(initial=0)) + 1):
         at = depth == level
         plain_rows = np.nonzero(at & ~framed)[0]

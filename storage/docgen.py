@@ -33,9 +33,9 @@ def columns_markdown(table: str) -> str:
 def codes_markdown(kind: str) -> str:
     from pipeline.import_files import IMPORT_REJECT_REASONS
     from pipeline.ingest import REJECT_REASONS
-    from storage.schema import FAILURE_REASONS
+    from storage.schema import FAILURE_REASONS, FOLD_ROUTES
 
-    codes = {"rejects": REJECT_REASONS, "imports": IMPORT_REJECT_REASONS}.get(kind, FAILURE_REASONS)
+    codes = {"rejects": REJECT_REASONS, "imports": IMPORT_REJECT_REASONS, "routes": FOLD_ROUTES}.get(kind, FAILURE_REASONS)
     return "\n".join(["| code | meaning |", "|---|---|", *(f"| `{c}` | {d} |" for c, d in codes.items())])
 
 
@@ -45,7 +45,7 @@ def _replace_block(text: str, marker: str, body: str) -> str:
 
 
 def render(text: str) -> str:
-    for kind in ("rejects", "failures", "imports"):
+    for kind in ("rejects", "failures", "imports", "routes"):
         text = _replace_block(text, f"codes:{kind}", codes_markdown(kind))
     for table in TABLES:
         text = _replace_block(text, f"columns:{table}", columns_markdown(table))

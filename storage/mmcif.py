@@ -17,6 +17,11 @@ no per-atom SIFTS columns (``_atom_site.pdbx_sifts_xref_*``), so re-labelling an
 accession never touches ``_atom_site``; ``_ma_data`` has a ``target`` row that
 ``_ma_target_entity.data_id`` points to (AFDB points it at the model coordinates).
 
+Speed: gemmi writes every category but ``_atom_site``, whose loop (one row per atom, most of the
+file) :mod:`storage.mmcif_text` formats with numpy into the text gemmi would write; it is appended
+after gemmi's text (``_atom_site`` is the last category). ``_render_modelcif_gemmi`` keeps the
+gemmi-only path as the reference the tests compare against.
+
 Validation: :func:`validate_modelcif` runs gemmi's DDL2 validator with the combined PDBx + ModelCIF
 dictionary and drops the notes every AFDB file also gets (see its docstring).
 
@@ -38,6 +43,7 @@ import numpy as np
 from gemmi import cif
 
 from model.base import ModelInfo, Prediction
+from storage.mmcif_text import FIXED3_LIMIT, fixed3_column, loop_text, serial_column, take_rows, text_column
 from storage.mmcif_validate import validate_modelcif  # re-exported: callers import it from here
 
 logger = logging.getLogger(__name__)
@@ -107,6 +113,7 @@ _SIMPLE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-()/:,*@]*")
 _METRIC_GLOBAL_PLDDT, _METRIC_LOCAL_PLDDT, _METRIC_PTM = "1", "2", "3"
 _DATA_TARGET, _DATA_MODEL = "1", "2"
 _CHAIN = "A"
+_ALIGN_LOOPS = 30  # gemmi WriteOptions.align_loops: loop columns padded to at most this width
 
 
 @dataclass(frozen=True)
@@ -345,7 +352,7 @@ def _write_options() -> cif.WriteOptions:
     options.prefer_pairs = True
     options.misuse_hash = True
     options.align_pairs = 48
-    options.align_loops = 30
+    options.align_loops = _ALIGN_LOOPS
     return options
 
 
@@ -382,10 +389,8 @@ def _sequence_categories(block: cif.Block, sequence: str, names: list[str], obse
     _row(block, "_entity_poly.", entity_id="1", nstd_linkage="no", nstd_monomer="no",
          pdbx_seq_one_letter_code=_wrap(one_letter), pdbx_seq_one_letter_code_can=_wrap(sequence),
          pdbx_strand_id=_CHAIN, type="polypeptide(L)")  # fmt: skip
-    _category(
-        block,
-        "_entity_poly_seq.",
-        {"entity_id": ["1"] * n, "hetero": ["n"] * n, "mon_id": names, "num": seq_ids},
+    block.set_mmcif_category(  # residue names and numbers: simple tokens, no quoting
+        "_entity_poly_seq.", {"entity_id": ["1"] * n, "hetero": ["n"] * n, "mon_id": names, "num": seq_ids}, raw=True
     )
     block.set_mmcif_category("_pdbx_poly_seq_scheme.", {
         "asym_id": [_CHAIN] * n,
@@ -486,17 +491,24 @@ def _confidence_categories(
     }, raw=True)  # fmt: skip
 
 
+def _atom_type(block: cif.Block, atom_idx: np.ndarray) -> None:
+    """``_atom_type``: the element symbols present (first letter of the atom37 names)."""
+    _category(block, "_atom_type.", {"symbol": sorted({ATOM_TYPES[a][0] for a in np.unique(atom_idx)})})
+
+
 def _atom_site(
     block: cif.Block, names: list[str], b_text: list[str], mask: np.ndarray, xyz: np.ndarray
 ) -> None:
-    """``_atom_site`` in AFDB's column order; ``xyz`` holds the coordinates of the masked atoms."""
+    """``_atom_site`` in AFDB's column order through gemmi (``xyz``: coordinates of the masked atoms).
+
+    The reference for :func:`_atom_site_text`, and its fallback.
+    """
     res_idx, atom_idx = np.nonzero(mask)  # residue-major, atom37 order within a residue
     n_atoms = int(res_idx.size)
     atom_names = [ATOM_TYPES[a] for a in atom_idx]
     res_names = [names[r] for r in res_idx]
     res_nums = [str(r + 1) for r in res_idx]
     coords = [[f"{v:.3f}" for v in xyz[:, k]] for k in range(3)]
-    _category(block, "_atom_type.", {"symbol": sorted({a[0] for a in atom_names})})
     block.set_mmcif_category("_atom_site.", {
         "group_PDB": ["ATOM"] * n_atoms, "id": [str(i) for i in range(1, n_atoms + 1)],
         "type_symbol": [a[0] for a in atom_names], "label_atom_id": atom_names, "label_alt_id": ["."] * n_atoms,
@@ -507,6 +519,37 @@ def _atom_site(
         "auth_seq_id": res_nums, "auth_comp_id": res_names, "auth_asym_id": [_CHAIN] * n_atoms,
         "auth_atom_id": atom_names, "pdbx_PDB_model_num": ["1"] * n_atoms,
     }, raw=True)  # fmt: skip
+
+
+_ATOM_SITE_TAGS = tuple(f"_atom_site.{t}" for t in (
+    "group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id", "label_asym_id",
+    "label_entity_id", "label_seq_id", "pdbx_PDB_ins_code", "Cartn_x", "Cartn_y", "Cartn_z", "occupancy",
+    "B_iso_or_equiv", "pdbx_formal_charge", "auth_seq_id", "auth_comp_id", "auth_asym_id", "auth_atom_id",
+    "pdbx_PDB_model_num",
+))  # fmt: skip
+_ATOM_NAME_COLUMN = text_column(ATOM_TYPES)
+
+
+def _atom_site_text(names: list[str], b_text: list[str], mask: np.ndarray, xyz: np.ndarray) -> str | None:
+    """The text gemmi writes for :func:`_atom_site`'s loop, formatted with numpy (None: use gemmi).
+
+    Needs more than one atom (gemmi writes a single row as pairs), coordinates below
+    ``FIXED3_LIMIT`` and columns no wider than ``align_loops``.
+    """
+    res_idx, atom_idx = np.nonzero(mask)  # the rows of _atom_site's
+    n = int(res_idx.size)
+    if n < 2 or not np.all(np.abs(xyz) < FIXED3_LIMIT):
+        return None
+    atom = take_rows(_ATOM_NAME_COLUMN, atom_idx)
+    comp = np.take(text_column(names), res_idx, axis=0)
+    seq = take_rows(serial_column(len(names)), res_idx)
+    b = take_rows(text_column(b_text), res_idx)
+    x, y, z = (fixed3_column(xyz[:, k]) for k in range(3))
+    columns: list[np.ndarray | str] = [
+        "ATOM", serial_column(n), atom[:, :1], atom, ".", comp, _CHAIN, "1", seq, "?", x, y, z, "1.0", b, "?", seq,
+        comp, _CHAIN, atom, "1",
+    ]  # fmt: skip
+    return loop_text(_ATOM_SITE_TAGS, columns, _ALIGN_LOOPS)
 
 
 def render_modelcif(
@@ -530,6 +573,25 @@ def render_modelcif(
     ``with_ptm=False`` writes no pTM metric and ignores ``prediction.ptm``: for imported models
     whose source has none (AlphaFold DB v4 files, PDB files).
     """
+    return _render(prediction, entry, model, provenance, with_ptm=with_ptm, fast=True)
+
+
+def _render_modelcif_gemmi(
+    prediction: Prediction, entry: ModelCIFEntry, model: ModelInfo, provenance: Mapping[str, str],
+    *, with_ptm: bool = True,
+) -> str:
+    """:func:`render_modelcif` with every category written by gemmi, ``_atom_site`` included.
+
+    The reference the fast path is tested against (``tests/storage/test_mmcif_text.py``) and compared
+    with by ``benchmarks/render_speed.py``: both return the same text.
+    """
+    return _render(prediction, entry, model, provenance, with_ptm=with_ptm, fast=False)
+
+
+def _render(
+    prediction: Prediction, entry: ModelCIFEntry, model: ModelInfo, provenance: Mapping[str, str],
+    *, with_ptm: bool, fast: bool,
+) -> str:
     names = _residue_names(prediction.sequence)
     mask = np.asarray(prediction.atom_mask, dtype=bool)
     if not mask.any():
@@ -558,9 +620,14 @@ def render_modelcif(
     _model_categories(block, model, provenance, with_ptm)
     _confidence_categories(block, names, b_text, observed, global_plddt,
                            float(prediction.ptm) if with_ptm else None)
-    _atom_site(block, names, b_text, mask, xyz)
+    _atom_type(block, np.nonzero(mask)[1])
+    atom_site = _atom_site_text(names, b_text, mask, xyz) if fast else None
+    if atom_site is None:
+        _atom_site(block, names, b_text, mask, xyz)
     _sort_categories(block)
     text: str = doc.as_string(_write_options())
+    if atom_site is not None:  # _atom_site is the last category: its text follows the other's closing "#"
+        text += atom_site + "#\n"
     logger.debug("rendered %s: %d residues, %d atoms", entry.entry_id, len(names), len(xyz))
     return text
 

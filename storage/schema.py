@@ -83,6 +83,9 @@ ENTRIES_SCHEMA = pa.schema(
         _f("sequence_md5", pa.string(), "MD5 of the sequence (AFDB v6 API, ESM Atlas protein_hash)"),
         _f("sequence_length", pa.int64(), "Sequence length", "residues"),
         _f("failure_reason", pa.string(), "Failure reason code when status = failed"),
+        _f("fold_route", pa.string(), "How the sequence reached the model: normal | chunked | oom_chunked | "
+                                      "oom_fragment (docs/output.md); null for linked or reused entries"),
+        _f("fragment_of_sha256", pa.string(), "For a fragment entry (F1..Fn): SHA-256 of the whole input sequence"),
         _f("msa_depth", pa.int64(), "Sequences in the MSA, query included (null: no MSA searched)", "sequences"),
         _f("msa_neff", pa.float64(), "Effective number of sequences at 80% identity", "sequences"),
         _f("msa_key", pa.string(), "Key of the MSA in the msas table"),
@@ -165,6 +168,7 @@ FAILURES_SCHEMA = pa.schema(
         _f("message", pa.string(), "Error message (exception text, tail)"),
         _f("batch_size", pa.int64(), "Batch size of the final attempt (1 = alone)"),
         _f("attempts", pa.int64(), "How many attempts were made"),
+        _f("fold_route", pa.string(), "Fold pool of the final attempt: normal | chunked | oom_chunked | oom_fragment"),
         _f("unit_id", pa.string(), "Work unit"),
         _f("run_id", pa.string(), "Run that wrote this row", nullable=False),
         _f("created_at", _TS, "When this row was written", "UTC"),
@@ -199,13 +203,23 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 FAILURE_REASONS: dict[str, str] = {
-    "oom": "Out of memory, also when predicted alone",
+    "oom": "Out of memory, also when predicted alone with trunk chunking, and on every re-route the "
+           "configuration allows (chunked long pool, fragments); the message lists the route taken",
     "model_error": "The model raised an exception, also when predicted alone",
     "non_finite_output": "The model returned NaN or infinite coordinates or confidences",
     "invalid_output": "The model returned no atoms, or pLDDT/pTM/PAE outside their ranges",
     "msa_error": "The MSA search failed after its retry (tool error or crash); message has the stderr tail",
     "worker_crashed": "The sequence killed its worker process (segfault, kill, host OOM) on every attempt, "
                       "also alone; attempts = ray.max_task_retries + 1 per pass",
+}
+
+# entries.fold_route and failures.fold_route (pipeline/oom_route.py)
+FOLD_ROUTES: dict[str, str] = {
+    "normal": "Folded in the normal pool",
+    "chunked": "Folded in the chunked long pool because it is longer than long_sequences.chunked_above",
+    "oom_chunked": "Ran out of memory in the normal pool; folded again in the chunked long pool",
+    "oom_fragment": "A fragment F1..Fn of a sequence that ran out of memory whole (normal and, if configured, "
+                    "chunked pool); fragment_of_sha256 is the whole sequence",
 }
 
 

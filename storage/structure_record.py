@@ -12,6 +12,7 @@ returns is the one the writers would have produced from the prediction itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from model.base import ModelInfo, Prediction
 from storage.afdb_json import write_pae_json
-from storage.compact import CompactStructure, decode_structure, encode_structure, quantize
+from storage.compact import CompactStructure, decode_pae, decode_structure, encode_structure, quantize
 from storage.mmcif import ModelCIFEntry, render_modelcif
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,14 @@ def encode_prediction(prediction: Prediction, entry: ModelCIFEntry, model: Model
 
 @dataclass(frozen=True, eq=False)
 class StoredStructure:
-    """A decoded record, ready to render."""
+    """A decoded record, ready to render.
+
+    ``compact`` holds everything but (when ``record`` is given) the PAE, which is decoded from
+    ``record`` only when asked for (:attr:`pae`): rendering the mmCIF does not pay for it.
+    """
 
     compact: CompactStructure
+    record: bytes | None = None
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -68,7 +74,14 @@ class StoredStructure:
 
     @property
     def has_pae(self) -> bool:
-        return self.compact.pae is not None
+        return self.pae is not None if self.record is None else bool(self.record[4] & 4)
+
+    @functools.cached_property
+    def pae(self) -> np.ndarray | None:
+        """int64 (L, L) PAE, or None (decoded on first use)."""
+        if self.compact.pae is not None or self.record is None:
+            return self.compact.pae
+        return decode_pae(self.record)
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(**self.meta["model"])
@@ -77,20 +90,24 @@ class StoredStructure:
         """The representative entry the record was written for."""
         return ModelCIFEntry(**self.meta["entry"])
 
-    def prediction(self) -> Prediction:
-        """Float64 arrays whose 3- and 2-decimal text is exactly the stored integers."""
+    def prediction(self, *, with_pae: bool = True) -> Prediction:
+        """Float64 arrays whose 3- and 2-decimal text is exactly the stored integers.
+
+        ``with_pae`` False: a zero PAE, without decoding the stored one (what the mmCIF needs).
+        """
         c = self.compact
         n = len(c.sequence)
         positions = np.zeros((n, 37, 3), dtype=np.float64)
         positions[c.atom_mask] = c.coords / 1000.0
-        pae = c.pae.astype(np.float64) if c.pae is not None else np.zeros((n, n), dtype=np.float64)
+        stored = self.pae if with_pae else None
+        pae = stored.astype(np.float64) if stored is not None else np.zeros((n, n), dtype=np.float64)
         ptm = self.meta.get("ptm")
         return Prediction(c.sequence, positions, c.atom_mask, c.plddt / 100.0, pae,
                           float(self.meta.get("max_pae") or 0.0), float("nan") if ptm is None else float(ptm))
 
     def render_mmcif(self, entry: ModelCIFEntry | None = None) -> str:
         """ModelCIF text, for ``entry`` (another accession with the same sequence) or the stored one."""
-        return render_modelcif(self.prediction(), entry or self.entry(), self.model_info(),
+        return render_modelcif(self.prediction(with_pae=False), entry or self.entry(), self.model_info(),
                                self.meta.get("provenance") or {}, with_ptm=self.meta.get("ptm") is not None)
 
     def render_pae_json(self) -> bytes:
@@ -99,11 +116,11 @@ class StoredStructure:
         Raises:
             ValueError: the record has no PAE (an imported PDB file).
         """
-        if self.compact.pae is None:
+        if self.pae is None:
             raise ValueError("this structure has no PAE (imported from a file without one)")
-        return write_pae_json(self.compact.pae, float(self.meta["max_pae"]))
+        return write_pae_json(self.pae, float(self.meta["max_pae"]))
 
 
 def read_record(data: bytes) -> StoredStructure:
-    """Decode a compact record (see :func:`storage.compact.decode_structure` for errors)."""
-    return StoredStructure(decode_structure(data))
+    """Decode a compact record, its PAE lazily (see :func:`storage.compact.decode_structure` for errors)."""
+    return StoredStructure(decode_structure(data, pae=False), bytes(data))

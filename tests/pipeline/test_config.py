@@ -56,10 +56,13 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_ray_client_address_is_refused_before_any_work():
-    """Regression: `--address ray://HOST:10001` used to fail only after ingest and plan, inside Ray Data
-    (AttributeError 'Worker' object has no attribute 'core_worker', Ray 2.60, seen on a local head)."""
-    with pytest.raises(ConfigError, match="ray job submit"):
-        load_config(None, {"ray": {"address": "ray://head:10001"}})
-    assert load_config(None, {"ray": {"address": "auto"}}).ray.address == "auto"
-    assert load_config(None, {"ray": {"address": "10.0.0.5:6379"}}).ray.address == "10.0.0.5:6379"
+def test_ray_client_address_is_accepted_and_runs_the_driver_on_the_cluster():
+    """`--address ray://HOST:10001` used to be refused (Ray Data cannot run in a Ray Client process);
+    now the CLI runs the driver on the cluster (pipeline/remote.py, tests/test_ray_client.py)."""
+    from pipeline.remote import is_client_address
+
+    cfg = load_config(None, {"ray": {"address": "ray://head:10001"}})
+    assert cfg.ray.address == "ray://head:10001" and is_client_address(cfg.ray.address)
+    assert cfg.ray.client_ship_max_mb == 256
+    for address in ("auto", "10.0.0.5:6379", None):
+        assert not is_client_address(load_config(None, {"ray": {"address": address}}).ray.address)

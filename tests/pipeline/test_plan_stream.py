@@ -108,3 +108,30 @@ def test_plan_reads_and_writes_in_bounded_batches(generated: Path, tmp_path: Pat
     assert [u.unit_id for u in loaded] == sorted(some)
     assert all(plan.unit_counts[u.unit_id] == (len(u.sequences), u.residues) for u in loaded)
     assert pickle.loads(pickle.dumps(loaded[0])) == loaded[0]
+
+
+def test_fragment_fields_survive_the_spill_and_the_units_file(tmp_path: Path):
+    """Regression (merge of the streamed planner with OOM re-routing): ``whole_sha256`` and
+    ``oom_split`` travel through the Parquet spill and the pickled units, so fragment entries keep
+    ``fragment_of_sha256`` and ``fold_route = oom_fragment`` (what ``resume_fragmented`` reads)."""
+    from pipeline.oom_route import oom_fragments
+    from pipeline.plan import make_plan
+    from tests.test_end_to_end import SAMPLE
+
+    policy = IngestPolicy(max_length=10_000, fragment_above=300, fragment_window=200, fragment_step=100)
+    whole = next(r for r in ingest_many([SAMPLE]).accepted if r.length > 200)
+    frags = oom_fragments(whole, policy)
+    assert len(frags) > 1
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    plan = make_plan(frags, [], atlas, MODEL, PlanConfig())
+    got = {r.sha256: r for u in plan.units for r in pickle.loads(pickle.dumps(u)).records}
+    assert got == {f.sha256: f for f in frags}
+    assert all(r.whole_sha256 == whole.sha256 and r.oom_split for r in got.values())
+    # ingest's own fragments carry their whole sequence's hash too
+    fasta = tmp_path / "long.fasta"
+    fasta.write_text(f">{whole.header}\n{whole.sequence}\n")
+    spill = ingest_to_parquet([fasta], policy.model_copy(update={"fragment_above": 200}), tmp_path / "spill")
+    sp = plan_run(spill, atlas, MODEL, PlanConfig(), tmp_path / "plan")
+    recs = [r for u in sp.iter_units() for r in u.records]
+    assert len(recs) > 1 and all(r.whole_sha256 == whole.sha256 and not r.oom_split for r in recs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 
 import gemmi
 import numpy as np
@@ -21,14 +22,16 @@ from storage.compact import (
     FORMAT_VERSION,
     RESIDUE_ATOMS,
     CompactStructure,
+    decode_pae,
     decode_structure,
     encode_structure,
     quantize,
+    section_sizes,
     template_atom_mask,
 )
 from storage.mmcif import read_modelcif, validate_modelcif
 from storage.structure_record import encode_prediction, read_record
-from tests.afdb_data import AFDB, DICTIONARY, ENTRIES
+from tests.afdb_data import AFDB, DATA, DICTIONARY, ENTRIES
 from tests.storage.test_mmcif import PROVENANCE, TRAINED, afdb_entry, afdb_prediction
 
 LETTERS = "ARNDCQEGHILKMFPSTWYVX"
@@ -166,3 +169,94 @@ def test_record_without_ptm_or_pae() -> None:
     assert read_modelcif(text).ptm is None
     with pytest.raises(ValueError, match="no PAE"):
         stored.render_pae_json()
+
+
+def _afdb_structure(accession: str) -> CompactStructure:
+    contents = read_modelcif((AFDB / f"AF-{accession}-F1-model_v4.cif").read_text())
+    pae = read_pae_json((AFDB / f"AF-{accession}-F1-predicted_aligned_error_v4.json").read_bytes())
+    return quantize(contents.sequence, contents.atom_positions, contents.atom_mask, contents.plddt, pae.pae)
+
+
+def _assert_equals_afdb_files(back: CompactStructure, accession: str) -> None:
+    cif_text = (AFDB / f"AF-{accession}-F1-model_v4.cif").read_text()
+    original = _atom_site_text(cif_text)
+    assert [tuple(f"{v / 1000:.3f}" for v in atom) for atom in back.coords] == [row[2:5] for row in original]
+    res_of_atom = np.nonzero(back.atom_mask)[0]
+    assert [f"{back.plddt[r] / 100:.2f}" for r in res_of_atom] == [row[5] for row in original]
+    pae_bytes = (AFDB / f"AF-{accession}-F1-predicted_aligned_error_v4.json").read_bytes()
+    assert back.pae is not None and back.pae.tolist() == json.loads(pae_bytes)[0]["predicted_aligned_error"]
+
+
+@pytest.mark.parametrize("accession", ["O05023", "P00221"])
+def test_format_1_records_still_decode_exactly(accession: str) -> None:
+    """Records written by format 1 (already in atlases) decode to the AFDB files' values."""
+    record = (DATA / "compact" / f"AF-{accession}-F1.v1.fac").read_bytes()
+    assert record[3] == 1 != FORMAT_VERSION
+    back = decode_structure(record)
+    _assert_equals_afdb_files(back, accession)
+    assert dict(back.meta) == {"note": "format 1 fixture"}
+    assert back.pae is not None and np.array_equal(decode_pae(record), back.pae)
+    stored = read_record(record)
+    assert stored.has_pae and stored.pae is not None and stored.pae.tolist() == back.pae.tolist()
+
+
+@pytest.mark.parametrize("accession", ENTRIES)
+def test_pae_decodes_lazily_and_alone(accession: str) -> None:
+    structure = _afdb_structure(accession)
+    record = encode_structure(structure)
+    without = decode_structure(record, pae=False)
+    assert without.pae is None and np.array_equal(without.coords, structure.coords)
+    assert structure.pae is not None and np.array_equal(decode_pae(record), structure.pae)
+    assert read_record(record).has_pae
+
+
+def test_real_structure_with_missing_atoms_round_trips() -> None:
+    """Atoms dropped at random (frames fall back when a frame atom is missing): still exact."""
+    structure = _afdb_structure("P00221")
+    rng = np.random.default_rng(7)
+    for fraction in (0.02, 0.2, 0.6):
+        keep = structure.atom_mask & (rng.random(structure.atom_mask.shape) > fraction)
+        kept_rows = keep[structure.atom_mask]
+        partial = CompactStructure(structure.sequence, keep, structure.coords[kept_rows], structure.plddt,
+                                   structure.pae)
+        back = decode_structure(encode_structure(partial))
+        np.testing.assert_array_equal(back.atom_mask, keep)
+        np.testing.assert_array_equal(back.coords, partial.coords)
+
+
+@pytest.mark.parametrize("kind", ["coincident", "colinear", "planar", "huge", "alternating_extremes"])
+def test_degenerate_coordinates_round_trip(kind: str) -> None:
+    """Frames built from coincident, colinear or coplanar atoms, and the int32 limits, stay exact."""
+    sequence = "MKWFYHRGPAC" * 3
+    mask = template_atom_mask(sequence, oxt=True)
+    n_atoms = int(mask.sum())
+    rng = np.random.default_rng(3)
+    t = np.arange(n_atoms, dtype=np.int64)
+    coords = {
+        "coincident": np.full((n_atoms, 3), 1234, dtype=np.int64),
+        "colinear": np.stack([t * 1500, t * 1500, t * 1500], axis=1),
+        "planar": np.stack([rng.integers(-5000, 5000, n_atoms), rng.integers(-5000, 5000, n_atoms),
+                            np.zeros(n_atoms, dtype=np.int64)], axis=1),
+        "huge": rng.integers(-(2**31) + 1, 2**31 - 1, (n_atoms, 3)),
+        "alternating_extremes": np.where((t % 2 == 0)[:, None], 2**31 - 1, -(2**31) + 1) * np.ones((1, 3), dtype=np.int64),
+    }[kind]
+    pae = rng.integers(0, 32, (len(sequence), len(sequence)))
+    structure = CompactStructure(sequence, mask, coords, rng.integers(0, 10001, len(sequence)), pae)
+    back = decode_structure(encode_structure(structure))
+    np.testing.assert_array_equal(back.coords, coords)
+    assert back.pae is not None and np.array_equal(back.pae, pae)
+
+
+def test_truncated_or_foreign_pae_image_is_refused() -> None:
+    structure = _afdb_structure("O05023")
+    record = encode_structure(structure)
+    with pytest.raises(ValueError, match="truncated"):
+        decode_pae(record[:-50])
+    # a valid section header whose payload is not a JPEG XL image
+    n = len(structure.sequence)
+    sizes = section_sizes(record)
+    head = record[: len(record) - sizes["pae"]]
+    foreign = b"not a jpeg xl image"
+    bad = head + struct.pack("<BII", 1, n * n, len(foreign)) + foreign
+    with pytest.raises(ValueError, match="PAE image does not decode"):
+        decode_pae(bad)
