@@ -165,6 +165,9 @@ def table_glob(root: str | Path, table: str) -> str:
 
     Use it instead of ``<atlas>/<table>/*.parquet`` in FoldAtlas's own readers; the result stays
     readable for the grace period of :func:`compact` even if a compaction switches generations.
+    Known gap: before a table's first compaction its directory is a plain directory, not a
+    generation; a reader that resolved it during that first switch can fail with "No such file"
+    (never a wrong answer) and must retry. Generation switches after the first are covered.
     """
     if str(root).startswith("s3://"):  # no symlinks, no generations on S3: the plain glob
         return f"{str(root).rstrip('/')}/{table}/*.parquet"

@@ -39,12 +39,20 @@ def client_cluster():
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare -m (a private mount namespace) to give the cluster its own view of files")
     env = {**os.environ, "RAY_TMPDIR": str(tmp / "ray"), "RAY_AUTH_MODE": "disabled", "GRPC_ENABLE_FORK_SUPPORT": "0"}
-    port, client_port = _free_port(), _free_port()
-    start = [RAY, "start", "--head", "--port", str(port), "--ray-client-server-port", str(client_port),
-             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
-             "--object-store-memory", str(200 * 1024 * 1024)]
-    script = f"mount -t tmpfs none {hidden} && exec {' '.join(start)}"
-    subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, check=True, capture_output=True, timeout=300)
+    for attempt in range(1, 4):  # a loaded host can miss Ray's fixed 30 s start-up deadline: start again
+        port, client_port = _free_port(), _free_port()
+        start = [RAY, "start", "--head", "--port", str(port), "--ray-client-server-port", str(client_port),
+                 "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                 "--object-store-memory", str(200 * 1024 * 1024)]
+        script = f"mount -t tmpfs none {hidden} && exec {' '.join(start)}"
+        out = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
+                             timeout=300)
+        if out.returncode == 0:
+            break
+        _kill_matching(str(tmp))
+        if attempt == 3:
+            raise RuntimeError(f"ray start --head failed 3 times; last output:\n{(out.stdout + out.stderr)[-3000:]}")
+        time.sleep(5)
     try:
         yield f"ray://127.0.0.1:{client_port}", env, hidden
     finally:
