@@ -14,7 +14,8 @@ What it runs
   cores, one write actor, a local Ray started by the run itself, progress off), into a fresh
   atlas: ingest, plan, Ray Data fold -> write, publish, summary and report.
 * **(b) loop**: the same stage functions called one after the other in this process, into
-  another fresh atlas: ``ingest_many``, ``make_plan``, then for each work unit
+  another fresh atlas: ``ingest_to_parquet`` and ``plan_run`` (the streamed ingest and plan, one
+  process: ``workers=1``), then for each work unit of ``plan.iter_units()``
   ``Folder.fold`` -> ``write_unit`` -> ``Atlas.publish_unit``; torch uses all cores; no Ray, no
   summary or report (those count as pipeline overhead).
 * Both modes get the same config file; runs alternate ``loop, pipeline`` ``--repeats`` times so
@@ -84,9 +85,9 @@ def run_loop(inputs: list[str], atlas_root: Path, cfg: Any) -> dict[str, Any]:
 
     from model.esmfold import load_backend
     from pipeline.fold import Folder, FoldSettings
-    from pipeline.ingest import ingest_many
-    from pipeline.plan import make_plan
+    from pipeline.plan import plan_run
     from pipeline.runner import _model_settings, new_run_id
+    from pipeline.spill import ingest_to_parquet
     from pipeline.write import WriteContext, write_unit
     from storage.atlas import Atlas
 
@@ -96,8 +97,11 @@ def run_loop(inputs: list[str], atlas_root: Path, cfg: Any) -> dict[str, Any]:
     counts = {"units": 0, "predicted": 0, "failed": 0}
     with atlas.locked():
         atlas.init()
-        result = ingest_many(inputs, cfg.ingest)
-        plan = make_plan(result.accepted, result.rejected, atlas, cfg.model.name, cfg.plan)
+        scratch = atlas.staging_dir(run_id) / "_plan"  # as the runner's; removed with staging
+        spill = ingest_to_parquet(inputs, cfg.ingest, scratch / "ingest", workers=1,
+                                  memory_limit=cfg.plan.memory_limit)
+        plan = plan_run(spill, atlas, cfg.model.name, cfg.plan, scratch / "plan", workers=1,
+                        memory_limit=cfg.plan.memory_limit)
         staging = atlas.staging_dir(run_id)
         staging.mkdir(parents=True, exist_ok=True)
         ctx = WriteContext(staging=str(staging), atlas=atlas.uri, run_id=run_id, policy=cfg.confidence,
@@ -105,7 +109,7 @@ def run_loop(inputs: list[str], atlas_root: Path, cfg: Any) -> dict[str, Any]:
                            is_reference_proteome=cfg.is_reference_proteome, msa=None)
         backend = load_backend(_model_settings(cfg))
         folder = Folder(backend, FoldSettings(cfg.plan.max_tokens_per_batch, cfg.plan.max_batch_size))
-        for unit in plan.units:
+        for unit in plan.iter_units():
             folder.batch_sizes.clear()
             outcomes = folder.fold(list(unit.sequences))
             manifest = write_unit(unit, outcomes, backend.info, dict(folder.batch_sizes), ctx)

@@ -43,6 +43,11 @@ class PlanConfig(_Strict):
     max_tokens_per_batch: int | None = Field(
         None, ge=1, description="Padded tokens per model batch; default 512 on CPU, 8192 on GPU")
     max_batch_size: int = Field(64, ge=1)
+    memory_limit: str = Field("1.5GB", pattern=r"^[0-9.]+ ?[KMGT]i?B$",
+                              description="DuckDB memory limit of ingest's duplicate check and of planning; "
+                                          "beyond it DuckDB spills to the run's scratch directory")
+    ingest_workers: int | None = Field(
+        None, ge=1, description="Processes scanning big plain FASTA files in byte ranges; default: min(2, cores)")
     reuse_models: list[str] = Field(
         default_factory=lambda: ["alphafold-db-*", "colabfold", "esmfold-import"],
         description="Structures of these models (names or shell patterns) are reused for identical sequences "

@@ -12,15 +12,17 @@ alone; other compressions (bzip2, xz, zstd, zip) and Parquet are refused with a 
 single-line sequences, LF / CRLF / CR line endings, blank lines, whitespace inside and around
 sequence lines (removed), lower-case residues (upper-cased, with a note). Text is decoded as
 UTF-8 with undecodable bytes replaced by U+FFFD (which then fails ``invalid_character`` in a
-sequence). Reading streams: one record in memory at a time; the duplicate-accession check keeps
-one small tuple per accepted accession. Throughput is about 1.5 M residues/s per core, most of it
-Biopython's pure-Python CRC64.
+sequence). Reading streams, in 1 MiB blocks (:mod:`pipeline.scan`): clean records (the common
+case) take a fast path of a few byte operations and the hashes; every other record is read line by
+line as described here, with identical results. Runs do not keep records in lists:
+:func:`pipeline.spill.ingest_to_parquet` writes them to Parquet and finds duplicate accessions in
+SQL; :func:`ingest_many` below (lists) is for tests and small tools. The UniProt CRC64 comes from
+anycrc's C implementation (Biopython's is pure Python, about 1 MB/s).
 
 Why a small record reader and not Biopython's ``SimpleFastaParser``: the parser does not report
 line numbers, ignores (or, depending on the version, warns about and drops) text before the first
 ``>``, and cannot hand back the raw lines of a bad record. The rejects table needs all three, so
-:func:`_raw_records` groups lines itself (about 60 lines); Biopython is still used for the UniProt
-CRC64 (:func:`Bio.SeqUtils.CheckSum.crc64`).
+:func:`_raw_records` groups lines itself (about 60 lines).
 
 Checks, in this order (the first failure is the reason): header without an accession
 (``malformed_header``), text before the first header (``malformed_record``), empty sequence,
@@ -39,6 +41,7 @@ import gzip
 import hashlib
 import io
 import logging
+import operator
 import os
 import re
 import zlib
@@ -46,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from Bio.SeqUtils.CheckSum import crc64 as _bio_crc64
+from anycrc import CRC
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.errors import InputError
@@ -85,8 +88,10 @@ _PREAMBLE_KEEP_CHARS = 1 << 20  # keep at most 1 MiB of stray text before the fi
 _NOTE_POSITIONS = 5  # list at most this many positions in one note
 _INVALID_RE = re.compile(r"[^A-Za-z*]")
 _NONSTANDARD_RE = re.compile(r"[XBZUOJ]")
-_HEADER_KEY_RE = re.compile(r"(?:^|\s)(OS|OX|GN|PE|SV)=")
-_INT_RE = re.compile(r"\d+")
+_HEADER_KEY_RE = re.compile(r"(?:^|\s)(OS|OX|GN|PE|SV)=")  # what _tail_keys finds (tests compare)
+_HEADER_KEYS = frozenset(("OS", "OX", "GN", "PE", "SV"))
+# UniProt's layout from OS on: "OS=org OX=taxid[ GN=gene][ PE=n][ SV=n]" (any '=' in org: the slow way)
+_CANONICAL_TAIL = re.compile(r"OS=([^=]+) OX=([0-9]+)(?: GN=([^\s=]+))?(?: PE=([0-9]+))?(?: SV=([0-9]+))?")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +204,10 @@ class AcceptedRecord:
     whole_sha256: str | None = None  # for a fragment: SHA-256 of the whole input sequence
     oom_split: bool = False  # a fragment made because the whole sequence ran out of memory (oom_route)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # the generic pickling of a slots dataclass calls dataclasses.fields() per object: 5x slower
+        return AcceptedRecord, _ACCEPTED_VALUES(self)
+
     def afdb_metadata(self) -> dict[str, Any]:
         """The AlphaFold DB ``metadata`` columns that the input alone determines."""
         return {
@@ -214,6 +223,56 @@ class AcceptedRecord:
             "uniprotStart": self.start,
             "uniprotEnd": self.start + self.length - 1,
         }
+
+
+_ACCEPTED_VALUES = operator.attrgetter(*AcceptedRecord.__dataclass_fields__)
+
+#: The fields a scan keeps of an accepted record (``LiteRecord``); the rest follows from them.
+LITE_FIELDS = ("source", "record_index", "line", "header", "accession", "sequence", "length", "sha256", "notes",
+               "fragment", "start")
+LiteRecord = tuple[str, int, int, str, str, str, int, str, tuple[str, ...], int, int]
+
+
+#: The fragment fields a record carries beyond ``LITE_FIELDS`` when it is spilled to Parquet
+#: (``pipeline.spill.RECORD_COLUMNS``): a ``LiteRecord`` may be followed by these two values.
+FRAGMENT_FIELDS = ("whole_sha256", "oom_split")
+
+
+def record_from_lite(lite: LiteRecord | tuple[Any, ...]) -> AcceptedRecord:
+    """The AcceptedRecord of a ``LiteRecord`` (optionally followed by the :data:`FRAGMENT_FIELDS`):
+    header fields parsed, CRC64 and MD5 computed (what the scanner's fast path and the Parquet spill
+    leave out, for the records that need them)."""
+    source, index, line, header, accession, seq, length, sha256, notes, fragment, start = lite[:11]
+    extra: tuple[Any, ...] = tuple(lite[11:])
+    whole, oom_split = (extra[0], bool(extra[1])) if extra else (None, False)
+    f = header_fields(header)
+    data = seq.encode("ascii")
+    return AcceptedRecord(source, index, line, header, accession, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                          seq, length, sha256, crc64_hex(data), hashlib.md5(data).hexdigest(), tuple(notes or ()),
+                          fragment, start, whole, oom_split)
+
+
+class LiteRef(tuple):
+    """A LiteRecord that stands in for its AcceptedRecord where only the sequence and its hash are
+    read (cutting units), and pickles as the AcceptedRecord :func:`record_from_lite` makes of it."""
+
+    __slots__ = ()
+
+    @property
+    def sequence(self) -> str:
+        return str(self[5])
+
+    @property
+    def sha256(self) -> str:
+        return str(self[7])
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return record_from_lite, (tuple(self),)
+
+
+def lite_from_record(rec: AcceptedRecord) -> LiteRecord:
+    return (rec.source, rec.record_index, rec.line, rec.header, rec.accession, rec.sequence, rec.length, rec.sha256,
+            rec.notes, rec.fragment, rec.start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +302,21 @@ class IngestResult:
         return counts
 
 
+#: UniProt's CRC64 (SWISS-PROT CRC-64: polynomial x^64 + x^4 + x^3 + x + 1, reflected, no initial or
+#: final XOR), the AFDB ``sequenceChecksum``; the same value as Biopython's ``crc64`` (tests compare),
+#: computed by anycrc's C code (Biopython's is pure Python: about 1 MB/s).
+_CRC64 = CRC(width=64, poly=0x1B, init=0, refin=True, refout=True, xorout=0)
+
+
+def crc64_hex(data: bytes) -> str:
+    """UniProt CRC64 of ``data`` as 16 upper-case hex digits."""
+    return f"{_CRC64.calc(data):016X}"
+
+
 def sequence_hashes(seq: str) -> tuple[str, str, str]:
     """``(sha256 hex, UniProt CRC64 as 16 upper-case hex digits, md5 hex)`` of ``seq`` (ASCII)."""
     data = seq.encode("ascii")
-    crc = str(_bio_crc64(seq)).removeprefix("CRC-").upper()
-    return hashlib.sha256(data).hexdigest(), crc, hashlib.md5(data).hexdigest()
+    return hashlib.sha256(data).hexdigest(), crc64_hex(data), hashlib.md5(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,39 +332,80 @@ def parse_header(header: str) -> HeaderFields:
     tail, and what is left of it belongs to the description. Other headers: the first whitespace
     token is the accession, the rest the description.
     """
+    return HeaderFields(*header_fields(header))
+
+
+HeaderTuple = tuple[str | None, str | None, str, str | None, int | None, str | None, bool | None, int | None,
+                    int | None]
+
+
+def header_accession(header: str) -> str | None:
+    """The accession alone, as :func:`header_fields` reads it (the scanner's fast path)."""
     title = header[1:] if header.startswith(">") else header
     parts = title.split(None, 1)
     if not parts:
-        return HeaderFields(accession=None)
+        return None
+    ids = parts[0].split("|")
+    return ids[1] if len(ids) == 3 and ids[0] in ("sp", "tr") and ids[1] else parts[0]
+
+
+def header_fields(header: str) -> HeaderTuple:
+    """:func:`parse_header`'s fields as a tuple, in :class:`HeaderFields` order."""
+    title = header[1:] if header.startswith(">") else header
+    parts = title.split(None, 1)
+    if not parts:
+        return (None, None, "", None, None, None, None, None, None)
     token, rest = parts[0], (parts[1] if len(parts) > 1 else "")
     ids = token.split("|")
     if len(ids) != 3 or ids[0] not in ("sp", "tr") or not ids[1]:
-        return HeaderFields(accession=token, description=rest.strip())
-
+        return (token, None, rest.strip(), None, None, None, None, None, None)
+    i = rest.rfind("OS=")
+    m = _CANONICAL_TAIL.fullmatch(rest, i) if i == 0 or (i > 0 and rest[i - 1] == " ") else None
+    if m is not None:
+        # UniProt's own layout, single spaces, no '=' left of OS: what the right-to-left reading
+        # below gives, without its loop (a fifth of ingest time)
+        desc, organism = rest[: max(i - 1, 0)], m.group(1).strip()
+        if organism and "=" not in desc:
+            pe, sv = m.group(4), m.group(5)
+            return (ids[1], ids[2] or None, desc.strip(), organism, int(m.group(2)), m.group(3), ids[0] == "sp",
+                    int(pe) if pe is not None else None, int(sv) if sv is not None else None)
     values: dict[str, str] = {}
     end = len(rest)
-    for m in reversed(list(_HEADER_KEY_RE.finditer(rest))):
-        key, value = m.group(1), rest[m.end() : end].strip()
+    for key, start, value_start in _tail_keys(rest):
+        value = rest[value_start:end].strip()
         if key in values or not _header_value_ok(key, value):
             break
         values[key] = value
-        end = m.start()
-    return HeaderFields(
-        accession=ids[1],
-        uniprot_id=ids[2] or None,
-        description=rest[:end].strip(),
-        organism=values.get("OS"),
-        tax_id=int(values["OX"]) if "OX" in values else None,
-        gene=values.get("GN"),
-        is_reviewed=ids[0] == "sp",
-        protein_existence=int(values["PE"]) if "PE" in values else None,
-        sequence_version=int(values["SV"]) if "SV" in values else None,
+        end = start
+    return (
+        ids[1],
+        ids[2] or None,
+        rest[:end].strip(),
+        values.get("OS"),
+        int(values["OX"]) if "OX" in values else None,
+        values.get("GN"),
+        ids[0] == "sp",
+        int(values["PE"]) if "PE" in values else None,
+        int(values["SV"]) if "SV" in values else None,
     )
+
+
+def _tail_keys(rest: str) -> Iterator[tuple[str, int, int]]:
+    """``(key, match start, value start)`` of each ``(?:^|\\s)(OS|OX|GN|PE|SV)=`` in ``rest``, rightmost
+    first. Such matches cannot overlap, so this finds what ``_HEADER_KEY_RE.finditer`` finds, by
+    ``str.rfind`` on the few '=' signs (a regex scan of every header was a fifth of ingest time)."""
+    i = len(rest)
+    while (i := rest.rfind("=", 0, i)) >= 2:
+        if rest[i - 2 : i] in _HEADER_KEYS:
+            if i == 2:
+                yield rest[:2], 0, 3
+            elif rest[i - 3].isspace():
+                yield rest[i - 2 : i], i - 3, i + 1
 
 
 def _header_value_ok(key: str, value: str) -> bool:
     if key in ("OX", "PE", "SV"):
-        return _INT_RE.fullmatch(value) is not None
+        return value.isdecimal()  # = fullmatch of \d+ (Unicode category Nd), which int() reads
     if key == "GN":
         return bool(value) and len(value.split()) == 1
     return bool(value)
@@ -533,12 +643,14 @@ class _Tally:
 def _iter_file(
     path: str | os.PathLike[str], policy: IngestPolicy, tally: _Tally
 ) -> Iterator[AcceptedRecord | RejectedRecord]:
+    from pipeline.scan import reread, scan
+
     source = os.fspath(path)
     n_read = n_accepted = 0
-    for raw in _raw_records(source):
+    for item, offset, length, sub in scan(source, policy):
         n_read += 1
         tally.n_read += 1
-        result = _check(raw, source, policy)
+        result = record_from_lite(item) if type(item) is tuple else item
         if isinstance(result, AcceptedRecord):
             first = tally.seen.get(result.accession)
             if first is None:
@@ -547,19 +659,19 @@ def _iter_file(
                 where = f"record {first[1]} (line {first[2]}) of {first[0]}"
                 same = "identical" if first[3] == result.sha256 else "different"
                 if policy.duplicate_accessions == "reject":
+                    raw = reread(source, [(result.record_index, offset, length, sub)])[result.record_index]
                     result = RejectedRecord(
                         source,
-                        raw.index,
-                        raw.line,
+                        result.record_index,
+                        result.line,
                         "duplicate_accession",
-                        f"accession {result.accession} already accepted from {where}; {same} sequence",
+                        duplicate_detail(result.accession, where, same),
                         raw.header,
                         raw.raw_sequence(),
                         result.accession,
                     )
                 else:
-                    note = f"duplicate accession: also {where}, {same} sequence"
-                    result = replace(result, notes=(*result.notes, note))
+                    result = replace(result, notes=(*result.notes, duplicate_note(where, same)))
         if isinstance(result, AcceptedRecord):
             n_accepted += 1
         else:
@@ -568,6 +680,16 @@ def _iter_file(
     logger.info(
         "%s: read %d records, accepted %d, rejected %d", source, n_read, n_accepted, n_read - n_accepted
     )
+
+
+def duplicate_detail(accession: str, where: str, same: str) -> str:
+    """The ``duplicate_accession`` reject detail (``where``: "record I (line L) of SOURCE")."""
+    return f"accession {accession} already accepted from {where}; {same} sequence"
+
+
+def duplicate_note(where: str, same: str) -> str:
+    """The note on a kept duplicate under ``duplicate_accessions = "keep"``."""
+    return f"duplicate accession: also {where}, {same} sequence"
 
 
 # --------------------------------------------------------------------------------------------

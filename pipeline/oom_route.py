@@ -17,6 +17,11 @@ that dies between passes plans it again. Fragment entries carry ``fragment_of_sh
 replaces a record whose sequence an earlier run already split after running out of memory by its
 fragments (:func:`resume_fragmented`), so it is never predicted whole again nor fragmented twice.
 
+Bounded memory: the driver holds unit ids and counts, not records. The records of a handed-back
+sequence are read back from the units file of the unit that handed it back (``pipeline.runner``),
+each re-route pass writes its few units to a units file of its own and streams from it, and
+:func:`resume_fragmented` is SQL over the run's ingest spill.
+
 ``FOLDATLAS_FAULT_OOM_SHA256`` injects the failure without a GPU (tests and operator drills).
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,31 +201,84 @@ def reroute_units(seqs: dict[str, OOMSequence], model: str, plan: Any, suffix: s
     return [dataclasses.replace(u, unit_id=f"{u.unit_id}-{suffix}") for u in units]
 
 
-def resume_fragmented(accepted: list[AcceptedRecord], atlas: Any, model: str,
-                      policy: IngestPolicy) -> list[AcceptedRecord]:
-    """Replace records that an earlier run split into fragments after running out of memory
-    (entries with ``fold_route = oom_fragment`` and ``fragment_of_sha256`` = the record's sequence,
-    same accession) by their fragments: the plan then skips the published ones and predicts the rest."""
-    import duckdb
+def resume_fragmented(spill: Any, atlas: Any, model: str, policy: IngestPolicy, memory_limit: str = "1GB",
+                      batch_rows: int = 4096) -> int:
+    """Replace, in the run's ingest spill (:class:`pipeline.spill.IngestSpill`), records that an
+    earlier run split into fragments after running out of memory (entries with ``fold_route =
+    oom_fragment`` and ``fragment_of_sha256`` = the record's sequence, same accession) by their
+    fragments: the plan then skips the published ones and predicts the rest.
 
-    con = atlas.duckdb()
+    DuckDB SQL over the spill and the atlas's entries (memory-limited, spilling to the spill's
+    scratch): the matching records stream out in batches of ``batch_rows``, their fragments are
+    written to ``accepted/oom-resumed.parquet`` and their keys to ``replaced.parquet``, which
+    :meth:`~pipeline.spill.IngestSpill.accepted_sql` leaves out. Returns the records replaced."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.ingest import lite_from_record
+    from pipeline.spill import (
+        ACCEPTED_SCHEMA,
+        REPLACED_SCHEMA,
+        accepted_batch,
+        duckdb_connect,
+        records_from_table,
+    )
+
+    def q(p: Any) -> str:
+        return str(p).replace("'", "''")
+
+    root = spill.root
+    con = duckdb_connect(root, memory_limit, con=atlas.duckdb())
+    frag_path, keys_path = root / "oom-resumed.parquet", root / "replaced.parquet"
+    replaced = 0
+    writer = keys = None
     try:
-        rows = con.execute(
-            f"SELECT DISTINCT accession, fragment_of_sha256 FROM read_parquet('{atlas.glob('entries')}', "
-            "union_by_name=true) WHERE model = ? AND fold_route = 'oom_fragment'", [model]).fetchall()
-    except duckdb.BinderException:  # an atlas written before these columns existed
-        rows = []
+        try:
+            con.execute(
+                f"CREATE TEMP TABLE oom_split AS SELECT DISTINCT accession, fragment_of_sha256 AS sha256 FROM "
+                f"read_parquet('{q(atlas.glob('entries'))}', union_by_name=true) "
+                "WHERE model = $1 AND fold_route = 'oom_fragment'", [model])
+        except duckdb.BinderException:  # an atlas written before these columns existed
+            return 0
+        reader = con.sql(
+            f"SELECT a.* FROM read_parquet('{q(spill.accepted_glob)}') a SEMI JOIN oom_split s "
+            "ON a.accession = s.accession AND a.sha256 = s.sha256 ORDER BY a.file_no, a.record_index, a.fragment"
+        ).to_arrow_reader(batch_rows)
+        for batch in reader:
+            spill_cols = [batch.column(c).to_pylist() for c in ("file_no", "chunk_offset", "chunk_length", "chunk_sub")]
+            by_source: dict[str, list[tuple[Any, ...]]] = {}
+            done: list[tuple[int, int, str]] = []
+            for rec, (file_no, off, length, sub) in zip(records_from_table(batch), zip(*spill_cols, strict=True),
+                                                        strict=True):
+                frags = oom_fragments(rec, policy)
+                if frags == [rec]:
+                    continue
+                log.info("%s: split into %d fragments by an earlier run (out of memory whole)", rec.accession,
+                         len(frags))
+                by_source.setdefault(rec.source, []).extend(
+                    (*lite_from_record(f), file_no, f.whole_sha256, f.oom_split, off, length, sub) for f in frags)
+                done.append((file_no, rec.record_index, rec.sha256))
+            if not done:
+                continue
+            if writer is None:
+                writer = pq.ParquetWriter(frag_path, ACCEPTED_SCHEMA)
+                keys = pq.ParquetWriter(keys_path, REPLACED_SCHEMA)
+            for source, rows in by_source.items():
+                writer.write_batch(accepted_batch(rows, source))
+            cols = list(zip(*done, strict=True))
+            assert keys is not None
+            keys.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(cols, REPLACED_SCHEMA, strict=True)],
+                schema=REPLACED_SCHEMA))
+            replaced += len(done)
     finally:
         con.close()
-    split = {(a, s) for a, s in rows}
-    if not split:
-        return accepted
-    out: list[AcceptedRecord] = []
-    for rec in accepted:
-        if (rec.accession, rec.sha256) in split:
-            frags = oom_fragments(rec, policy)
-            log.info("%s: split into %d fragments by an earlier run (out of memory whole)", rec.accession, len(frags))
-            out.extend(frags)
-        else:
-            out.append(rec)
-    return out
+        for w in (writer, keys):
+            if w is not None:
+                w.close()
+        shutil.rmtree(root / "duckdb-tmp", ignore_errors=True)
+    if replaced:  # into the accepted rows only now: the query above read them
+        frag_path.rename(root / "accepted" / frag_path.name)
+        spill.replaced = replaced
+    return replaced

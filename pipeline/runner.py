@@ -5,6 +5,15 @@ streams work units through a Ray Data job (a fold actor pool, GPU actors when GP
 write actor pool) and publishes each unit's staged shards as its manifest arrives. Killing the
 driver at any moment leaves a consistent atlas; the same command resumes (see
 :mod:`storage.atlas` for the protocol and :mod:`pipeline.plan` for what is skipped).
+
+Ingest and plan stream (:mod:`pipeline.spill`, :mod:`pipeline.plan`): records live in Parquet
+under the run's scratch directory ``<staging>/_plan/`` (a local atlas: inside
+``<atlas>/_staging/<run_id>/``, which every node of a cluster sees when the atlas is on a shared
+filesystem; an S3 atlas: the driver's temp directory, and the units files are uploaded to the
+atlas's ``_staging/<run_id>/_plan/`` for the workers). The Ray Data job starts from one small row
+per unit (its id and where its payload lies in the units Parquet) and loads each payload in a
+first actor stage (MSA or fold), one unit per block, so the driver never holds the records and a
+crash costs one unit.
 """
 
 from __future__ import annotations
@@ -13,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import secrets
 import shutil
 import subprocess
@@ -27,10 +35,11 @@ from typing import Any
 
 from pipeline.config import RunConfig, dump_config
 from pipeline.fold import FoldSettings
-from pipeline.ingest import AcceptedRecord, ingest_many
+from pipeline.ingest import AcceptedRecord
 from pipeline.msa_stage import MSASpec, make_spec
 from pipeline.oom_route import OOMLedger, PoolRoute, resume_fragmented
-from pipeline.plan import Plan, WorkUnit, make_plan, reject_key, unit_id_for
+from pipeline.plan import StreamPlan, WorkUnit, unit_id_for, units_plan
+from pipeline.plan import route_long as route_long  # re-exported (tests, tools)
 from pipeline.summary import RunSummary, plddt_histogram_png, render_text
 from pipeline.write import WriteContext, entry_rows_for_links
 from storage.atlas import Atlas
@@ -75,25 +84,6 @@ def _model_settings(cfg: RunConfig, chunk_size: int | None = None) -> Any:
                            fast=FastPathSettings() if m.fast_path else None)
 
 
-def route_long(units: Sequence[WorkUnit], above: int | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
-    """(normal units, long units): a unit straddling ``above`` is cut in two (deterministic ids)."""
-    if above is None:
-        return list(units), []
-    normal: list[WorkUnit] = []
-    long: list[WorkUnit] = []
-    for u in units:
-        short_seqs = tuple(s for s in u.sequences if len(s) <= above)
-        if len(short_seqs) in (0, len(u.sequences)):
-            (normal if short_seqs else long).append(u)
-            continue
-        for seqs, dest in ((short_seqs, normal), (tuple(s for s in u.sequences if len(s) > above), long)):
-            recs = tuple(r for r in u.records if r.sequence in set(seqs))
-            shas = {r.sha256 for r in recs}
-            dest.append(WorkUnit(unit_id_for(u.model, shas), u.model, seqs, recs,
-                                 tuple(m for m in u.msa_cached if m[0] in shas)))
-    return normal, long
-
-
 def _check_model_inputs(cfg: RunConfig) -> None:
     """Fail before any work when the model cannot be loaded (missing weights)."""
     from model.weights import HOW_TO_GET_WEIGHTS
@@ -105,36 +95,22 @@ def _check_model_inputs(cfg: RunConfig) -> None:
         raise WeightsError(f"weights directory {cfg.model.weights} does not exist", hint=HOW_TO_GET_WEIGHTS)
 
 
-def _rejects_table(plan: Plan, run_id: str) -> Any:
+def _rejects_table(batch: Any, run_id: str) -> Any:
+    """A ``rejects`` shard from a batch of the plan's new rejects (``pipeline.spill.REJECTED_SCHEMA``)."""
     import pyarrow as pa
 
     now = datetime.now(UTC)
     rows = [{
-        "reject_key": reject_key(r), "reason": r.code, "detail": r.detail, "accession": r.accession,
-        "header": r.header, "raw_sequence": r.raw_sequence, "source_file": Path(r.source).name,
-        "source_record_index": r.record_index, "source_line": r.line, "run_id": run_id, "created_at": now,
-    } for r in plan.new_rejects]
+        "reject_key": r["reject_key"], "reason": r["code"], "detail": r["detail"], "accession": r["accession"],
+        "header": r["header"], "raw_sequence": r["raw_sequence"], "source_file": Path(r["source"]).name,
+        "source_record_index": r["record_index"], "source_line": r["line"], "run_id": run_id, "created_at": now,
+    } for r in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
 
 
 def _content_name(prefix: str, keys: Sequence[str]) -> str:
     h = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20]
     return f"{prefix}-{h}.parquet"
-
-
-def _structure_rows(atlas: Atlas, model: str, shas: set[str]) -> dict[str, dict[str, Any]]:
-    if not shas:
-        return {}
-    con = atlas.duckdb()
-    try:
-        con.execute("CREATE TEMP TABLE want(sha VARCHAR)")
-        con.executemany("INSERT INTO want VALUES (?)", [(s,) for s in shas])
-        tbl = con.sql(
-            f"SELECT s.* EXCLUDE (plddt) FROM read_parquet('{atlas.glob('structures')}', union_by_name=true) s "
-            "JOIN want ON s.sequence_sha256 = want.sha WHERE s.model = ?", params=[model]).to_arrow_table()
-    finally:
-        con.close()
-    return {r["sequence_sha256"]: r for r in tbl.to_pylist()}
 
 
 def _ray_init(cfg: RunConfig) -> bool:
@@ -162,9 +138,26 @@ def _ray_init(cfg: RunConfig) -> bool:
     return True
 
 
-def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, tracker: Any = None,
-                  isolate: bool = False, route: PoolRoute | None = None) -> Any:
-    """The Ray Data job; yields one manifest dict per finished unit.
+def unit_refs(path: Path, atlas: Atlas, run_id: str) -> list[dict[str, Any]]:
+    """One small row per unit of a units Parquet file: its id and the row group holding its payload.
+
+    For an S3 atlas the file is uploaded under ``_staging/<run_id>/_plan/<plan dir>/`` first (removed
+    with the run's staging), so Ray workers on any node can read it; a local atlas's scratch is inside it."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    source = str(path)
+    if not atlas.is_local:
+        rel = f"{atlas.staging_rel(run_id)}/_plan/{path.parent.name}/{path.name}"
+        atlas.store.put_file(path, rel)
+        source = atlas.store.url(rel)
+    return [{"unit_id": uid, "source": source, "row_group": rg}
+            for rg in range(pf.num_row_groups) for uid in pf.read_row_group(rg, columns=["unit_id"]).column(0).to_pylist()]
+
+
+def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunConfig, ctx: WriteContext,
+                  tracker: Any = None, isolate: bool = False, route: PoolRoute | None = None) -> Any:
+    """The Ray Data job over ``(unit refs, is long)`` parts; yields one manifest dict per finished unit.
 
     A unit whose worker process dies is retried on a restarted actor up to ``ray.max_task_retries``
     times; after that Ray Data drops its block (``max_errored_blocks = -1``) and the stream goes on,
@@ -196,10 +189,9 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
     # fold actor divides the cores of the node it lands on by fold_actors when this is None)
     threads = cfg.ray.torch_threads
     long_cfg = cfg.long_sequences
-    route = route or PoolRoute()
-    above = 0 if route.all_long else long_cfg.chunked_above
-    pools = []  # (units, fold settings, model settings, actors, memory reserved per actor, route, defer OOM)
-    for part, is_long in zip(route_long(units, above), (False, True), strict=True):
+    route = route or PoolRoute()  # route.all_long is the caller's: it decides which part is long
+    pools = []  # (unit refs, fold settings, model settings, actors, memory reserved per actor, route, defer OOM)
+    for part, is_long in parts:
         if not part:
             continue
         if is_long:
@@ -212,8 +204,10 @@ def _stream_units(units: Sequence[WorkUnit], cfg: RunConfig, ctx: WriteContext, 
                           _model_settings(cfg), cfg.ray.fold_actors, None, route.normal, route.defer_normal))
     folded = []
     for part, fold_settings, model_settings, actors, memory, label, defer in pools:
-        items = [{"unit_id": u.unit_id, "payload": pickle.dumps(u, protocol=5)} for u in part]
-        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        # one block per unit (a worker crash then costs one unit); the first actor stage loads the
+        # payload from the units file (pipeline.stages.unit_payloads), so no extra operator competes
+        # for the pools' CPUs
+        ds: Any = ray.data.from_items(part, override_num_blocks=max(1, len(part)))
         if ctx.msa is not None:
             from pipeline.stages import MSAActor
 
@@ -291,18 +285,21 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         atlas.write_run_file(run_id, "config.json", dump_config(cfg))
         atlas.write_run_file(run_id, "provenance.json", json.dumps(provenance, indent=2))
 
-        result = ingest_many([str(p) for p in inputs], cfg.ingest)
-        summary.read, summary.rejected = result.n_read, len(result.rejected)
-        summary.accepted = len({(r.source, r.record_index) for r in result.accepted})  # fragments: one record
-        per_record = Counter((r.source, r.record_index) for r in result.accepted)
-        summary.fragments = sum(n for n in per_record.values() if n > 1)
-        summary.rejected_by_reason = result.reject_counts()
+        from pipeline.plan import plan_run
+        from pipeline.spill import ingest_to_parquet
+
+        scratch = atlas.staging_dir(run_id) / "_plan"  # outside every table glob; removed with staging
+        spill = ingest_to_parquet([str(p) for p in inputs], cfg.ingest, scratch / "ingest",
+                                  workers=cfg.plan.ingest_workers, memory_limit=cfg.plan.memory_limit)
+        summary.read, summary.rejected, summary.accepted = spill.n_read, spill.rejected, spill.accepted
+        summary.fragments, summary.rejected_by_reason = spill.fragments, dict(spill.rejected_by_reason)
         # records an earlier run split into fragments after running out of memory: their fragments
-        accepted = resume_fragmented(result.accepted, atlas, cfg.model.name, cfg.ingest)
-        plan = make_plan(accepted, result.rejected, atlas, cfg.model.name, cfg.plan, msa_spec,
-                         reuse_models=cfg.plan.reuse_models)
-        summary.already_in_atlas, summary.new_rejects = plan.already_done, len(plan.new_rejects)
-        summary.units_planned, summary.sequences_planned = len(plan.units), plan.sequences_to_predict
+        resume_fragmented(spill, atlas, cfg.model.name, cfg.ingest, memory_limit=cfg.plan.memory_limit)
+        plan = plan_run(spill, atlas, cfg.model.name, cfg.plan, scratch / "plan", msa=msa_spec,
+                        reuse_models=cfg.plan.reuse_models, long_above=cfg.long_sequences.chunked_above,
+                        memory_limit=cfg.plan.memory_limit)
+        summary.already_in_atlas, summary.new_rejects = plan.already_done, plan.new_rejects
+        summary.units_planned, summary.sequences_planned = plan.units, plan.sequences_to_predict
 
         staging = atlas.staging_dir(run_id)
         staging.mkdir(parents=True, exist_ok=True)
@@ -312,14 +309,11 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
         ctx = WriteContext(staging=str(staging), atlas=atlas.uri, run_id=run_id, policy=cfg.confidence,
                            provenance=provenance,
                            is_reference_proteome=cfg.is_reference_proteome, msa=msa_spec)
-        if plan.new_rejects:
-            name = _content_name("rejects", [reject_key(r) for r in plan.new_rejects])
-            write_shard("rejects", _rejects_table(plan, run_id), staging / name, provenance)
+        for batch in plan.iter_new_rejects():  # bounded batches, one shard each
+            name = _content_name("rejects", batch.column("reject_key").to_pylist())
+            write_shard("rejects", _rejects_table(batch, run_id), staging / name, provenance)
             atlas.publish_file(staging / name, "rejects", name)
-        if plan.link_records:
-            _publish_links(plan, cfg.model.name, ctx, atlas, summary)
-        if plan.reused:
-            _publish_reused(plan, ctx, atlas, summary)
+        _publish_entries(plan, ctx, atlas, summary)
         if plan.units:
             _run_units(plan, cfg, ctx, atlas, summary, progress)
         summary.total_seconds = time.perf_counter() - t0
@@ -332,30 +326,21 @@ def run(inputs: Sequence[str | Path], atlas_root: str | Path, cfg: RunConfig, *,
     return summary
 
 
-def _publish_links(plan: Plan, model: str, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
-    """Entries for records whose sequence this model already predicted (another accession or run)."""
-    structures = _structure_rows(atlas, model, {r.sha256 for r in plan.link_records})
-    table = entry_rows_for_links(plan.link_records, structures, model, ctx, plan.msa_known)
-    name = _content_name("link", [f"{r.accession}:{r.sha256}" for r in plan.link_records])
-    write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
-    atlas.publish_file(Path(ctx.staging) / name, "entries", name)
-    summary.linked += len(plan.link_records)
-    summary.entries_written += len(plan.link_records)
+def _publish_entries(plan: StreamPlan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
+    """Link entries (this model predicted the sequence earlier) and reuse entries (an imported
+    structure, pipeline.reuse), in bounded batches of the plan's files, one shard each."""
+    for kind in ("link", "reuse"):
+        for model, records, structures, msa in plan.iter_entry_batches(kind):
+            table = entry_rows_for_links(records, structures, model, ctx, msa)
+            suffix = f":{model}" if kind == "reuse" else ""
+            name = _content_name(kind, [f"{r.accession}:{r.sha256}{suffix}" for r in records])
+            write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
+            atlas.publish_file(Path(ctx.staging) / name, "entries", name)
+            summary.linked += len(records)
+            summary.entries_written += len(records)
 
 
-def _publish_reused(plan: Plan, ctx: WriteContext, atlas: Atlas, summary: RunSummary) -> None:
-    """Entries for records whose sequence reuses an imported structure (pipeline.reuse)."""
-    for model, records in sorted(plan.reused.items()):
-        structures = _structure_rows(atlas, model, {r.sha256 for r in records})
-        table = entry_rows_for_links(records, structures, model, ctx, plan.msa_known)
-        name = _content_name("reuse", [f"{r.accession}:{r.sha256}:{model}" for r in records])
-        write_shard("entries", table, Path(ctx.staging) / name, ctx.provenance)
-        atlas.publish_file(Path(ctx.staging) / name, "entries", name)
-        summary.linked += len(records)
-        summary.entries_written += len(records)
-
-
-def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,
+def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summary: RunSummary,
                progress: bool) -> None:
     import threading
 
@@ -367,9 +352,7 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
     tiers: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     t_fold = time.perf_counter()
-    normal, long = route_long(plan.units, cfg.long_sequences.chunked_above)
-    summary.units_planned, summary.units_long = len(normal) + len(long), len(long)
-    by_id = {u.unit_id: u for u in (*normal, *long)}  # every record of the plan, by unit
+    summary.units_planned, summary.units_long = plan.units, plan.units_long
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
@@ -405,16 +388,13 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed)
+            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed, plan.root.parent)
             # out of memory in the normal pool goes on to the chunked pool or fragments when configured
             fragments_on = cfg.ingest.fragment_above is not None
             first = PoolRoute(defer_normal=cfg.long_sequences.chunked_above is not None or fragments_on,
                               defer_long=fragments_on)
-            deferred = _fold_pass([*normal, *long], first, sink)
+            deferred, records = _fold_pass(plan, first, sink)
             if deferred:
-                records: dict[str, list[AcceptedRecord]] = {}
-                for r in (r for u in by_id.values() for r in u.records if r.sha256 in deferred):
-                    records.setdefault(r.sha256, []).append(r)
                 ledger = OOMLedger()
                 ledger.add(deferred, records)
                 _reroute_oom(ledger, sink, ctx.msa)
@@ -434,13 +414,13 @@ def _run_units(plan: Plan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas, summ
             ray.shutdown()
 
 
-def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: WorkUnit, tracker: Any,
+def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: tuple[int, int], tracker: Any,
              summary: RunSummary, tiers: Counter[str], failed: Counter[str]) -> None:
-    """Publish one unit's staged shards and add its counts to the summary."""
+    """Publish one unit's staged shards and add its counts to the summary (``unit``: sequences, residues)."""
     t_pub = time.perf_counter()
     atlas.publish_unit(ctx.run_id, manifest["unit_id"], manifest["staged"], manifest["counts"])
     deferred = manifest.get("deferred") or {}  # handed back after running out of memory: published later
-    tracker.record.remote("publish", len(unit.sequences) - len(deferred), unit.residues, time.perf_counter() - t_pub)
+    tracker.record.remote("publish", unit[0] - len(deferred), unit[1], time.perf_counter() - t_pub)
     c = manifest["counts"]
     summary.units_published += 1
     summary.predicted += c["structures"]
@@ -463,7 +443,8 @@ def _publish(atlas: Atlas, ctx: WriteContext, manifest: dict[str, Any], unit: Wo
 
 @dataclass
 class _PassSink:
-    """Where a fold pass publishes: the run's config, context, atlas, progress tracker and tallies."""
+    """Where a fold pass publishes: the run's config, context, atlas, progress tracker and tallies,
+    and the run's scratch directory (``<staging>/_plan``) for the units files of later passes."""
 
     cfg: RunConfig
     ctx: WriteContext
@@ -472,54 +453,83 @@ class _PassSink:
     summary: RunSummary
     tiers: Counter[str]
     failed: Counter[str]
+    scratch: Path
 
-    def publish(self, manifest: dict[str, Any], unit: WorkUnit) -> None:
+    def publish(self, manifest: dict[str, Any], unit: tuple[int, int]) -> None:
         _publish(self.atlas, self.ctx, manifest, unit, self.tracker, self.summary, self.tiers, self.failed)
 
 
-def _fold_pass(units: Sequence[WorkUnit], route: PoolRoute, sink: _PassSink) -> dict[str, tuple[str, str]]:
-    """Stream ``units`` through the fold pools and publish each as it finishes.
+def _fold_pass(plan: StreamPlan, route: PoolRoute, sink: _PassSink
+               ) -> tuple[dict[str, tuple[str, str]], dict[str, list[AcceptedRecord]]]:
+    """Stream the units of ``plan`` (its units files) through the fold pools and publish each as it
+    finishes; the driver holds unit ids and counts, the payloads are read by the Ray workers.
 
-    A unit whose worker dies on every retry is tried again with each sequence alone, then written as
-    ``worker_crashed`` failure rows. Returns the sequences the pools handed back after running out of
-    memory (``route.defer_*``): sha256 -> (fold_route label of their pool, error message).
+    A unit whose worker dies on every retry is tried again with each sequence alone (payloads read
+    back from the units files; lost units are few), then written as ``worker_crashed`` failure rows.
+    Returns the sequences the pools handed back after running out of memory (``route.defer_*``):
+    sha256 -> (fold_route label of their pool, error message), and their records, read back from
+    the units that handed them back.
     """
-    cfg = sink.cfg
-    above = 0 if route.all_long else cfg.long_sequences.chunked_above
-    normal, long = route_long(units, above)
+    cfg, atlas, run_id = sink.cfg, sink.atlas, sink.ctx.run_id
 
-    def label(unit: WorkUnit) -> str:  # a unit's pool, as route_long cuts them
-        return route.long if above is not None and len(unit.sequences[0]) > above else route.normal
+    def refs(p: StreamPlan) -> list[tuple[list[dict[str, Any]], bool]]:
+        return [(unit_refs(p.units_files[k], atlas, run_id), k == "long") for k in ("normal", "long")
+                if k in p.units_files]
 
-    pending: list[WorkUnit] = [*normal, *long]
-    by_id = {u.unit_id: u for u in pending}
+    parts = refs(plan)
+    long_ids = {r["unit_id"] for part, is_long in parts if is_long for r in part}  # their pool's label
+
+    def label(unit_id: str) -> str:
+        return route.long if unit_id in long_ids else route.normal
+
+    counts = plan.unit_counts  # unit id -> (sequences, residues)
+    pending = [r["unit_id"] for part, _ in parts for r in part]
+    sources = [plan]  # where the payloads of this pass's units lie
     deferred: dict[str, tuple[str, str]] = {}
+    handed_back: set[str] = set()  # units that handed sequences back
     for attempt in (1, 2):
         done: set[str] = set()
-        for manifest in _stream_units(pending, cfg, sink.ctx, sink.tracker, isolate=attempt > 1, route=route):
-            unit = by_id[manifest["unit_id"]]
-            sink.publish(manifest, unit)
-            deferred.update({sha: (label(unit), msg) for sha, msg in manifest["deferred"].items()})
-            done.add(manifest["unit_id"])
-        lost = [u for u in pending if u.unit_id not in done]
-        if not lost:
+        for manifest in _stream_units(parts, cfg, sink.ctx, sink.tracker, isolate=attempt > 1, route=route):
+            uid = manifest["unit_id"]
+            sink.publish(manifest, counts[uid])
+            if manifest["deferred"]:
+                deferred.update({sha: (label(uid), msg) for sha, msg in manifest["deferred"].items()})
+                handed_back.add(uid)
+            done.add(uid)
+        pending = [u for u in pending if u not in done]  # lost
+        if not pending:
             break
-        log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(lost),
-                    cfg.ray.max_task_retries + 1, attempt, ", ".join(u.unit_id for u in lost[:5]))
+        log.warning("%d unit(s) lost their worker %d times (pass %d): %s", len(pending),
+                    cfg.ray.max_task_retries + 1, attempt, ", ".join(pending[:5]))
+        if attempt == 2:
+            break
         # pass 2: every sequence of a lost unit alone, so one poisoned input takes nobody with it
-        pending = [single for u in lost for single in split_unit(u)] if attempt == 1 else lost
-        by_id.update({u.unit_id: u for u in pending})
-    else:
-        for unit in pending:  # crashed alone on every attempt: failure rows, never a silent skip
-            sink.publish(_crash_failures(unit, cfg, sink.ctx, sink.atlas, label(unit)), unit)
-    return deferred
+        # (singles go to the pool of their unit)
+        loaded = plan.load_units(pending)
+        retry = units_plan({k: [single for u in loaded if (u.unit_id in long_ids) == (k == "long")
+                                for single in split_unit(u)] for k in ("normal", "long")},
+                           plan.model, plan.root.parent / f"{plan.root.name}-retry")
+        parts, counts = refs(retry), retry.unit_counts
+        long_ids |= {r["unit_id"] for part, is_long in parts if is_long for r in part}
+        pending = [r["unit_id"] for part, _ in parts for r in part]
+        sources.append(retry)
+    if pending:  # crashed alone on every attempt: failure rows, never a silent skip
+        for unit in sources[-1].load_units(pending):
+            sink.publish(_crash_failures(unit, cfg, sink.ctx, atlas, label(unit.unit_id)), counts[unit.unit_id])
+    records: dict[str, list[AcceptedRecord]] = {}
+    if handed_back:
+        units = {u.unit_id: u for src in sources for u in src.load_units(handed_back)}
+        for r in (r for u in units.values() for r in u.records if r.sha256 in deferred):
+            records.setdefault(r.sha256, []).append(r)
+    return deferred, records
 
 
 def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -> None:
     """After the first pass: sequences that ran out of memory go to the chunked long pool, then into
-    fragments, then become ``oom`` failure rows, as far as the configuration allows (pipeline.oom_route)."""
+    fragments, then become ``oom`` failure rows, as far as the configuration allows (pipeline.oom_route).
+    Each pass streams from units files under the run's scratch directory, as the first does."""
     from pipeline.oom_route import can_chunk, failure_message, oom_fragments, reroute_units, why_not_fragments
-    from pipeline.plan import cached_msas, make_plan
+    from pipeline.plan import cached_msas, plan_run, spill_records
 
     cfg, summary = sink.cfg, sink.summary
     summary.oom_rerouted = len(ledger.pending)
@@ -532,7 +542,8 @@ def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -
         units = reroute_units(to_chunk, cfg.model.name, cfg.plan, "oom-chunked", known)
         summary.units_planned += len(units)
         summary.units_long += len(units)
-        again = _fold_pass(units, PoolRoute(long="oom_chunked", defer_long=fragments_on, all_long=True), sink)
+        chunked = units_plan({"long": units}, cfg.model.name, sink.scratch / "oom-chunked")  # all to the long pool
+        again, _ = _fold_pass(chunked, PoolRoute(long="oom_chunked", defer_long=fragments_on, all_long=True), sink)
         ledger.add(again, {})
         ledger.settle([s for s in to_chunk if s not in again], "chunked")
     split = {s: q for s, q in ledger.pending.items() if why_not_fragments(q, cfg.ingest) is None}
@@ -540,21 +551,23 @@ def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -
         records = [f for q in split.values() for rec in q.records for f in oom_fragments(rec, cfg.ingest)]
         log.warning("%d sequence(s) ran out of memory whole; folding them as %d fragments", len(split), len(records))
         ledger.fragments = len(records)
-        fplan = make_plan(records, [], sink.atlas, cfg.model.name, cfg.plan, msa_spec,
-                          reuse_models=cfg.plan.reuse_models)
-        if fplan.link_records:
-            _publish_links(fplan, cfg.model.name, sink.ctx, sink.atlas, summary)
-        if fplan.reused:
-            _publish_reused(fplan, sink.ctx, sink.atlas, summary)
-        summary.units_planned += sum(map(len, route_long(fplan.units, cfg.long_sequences.chunked_above)))
-        _fold_pass(fplan.units, PoolRoute(normal="oom_fragment", long="oom_fragment"), sink)
+        # the fragments are planned as a run's records are: link, reuse, units files
+        spill = spill_records(records, [], sink.scratch / "oom-fragments-ingest")
+        fplan = plan_run(spill, sink.atlas, cfg.model.name, cfg.plan, sink.scratch / "oom-fragments", msa=msa_spec,
+                         reuse_models=cfg.plan.reuse_models, long_above=cfg.long_sequences.chunked_above,
+                         memory_limit=cfg.plan.memory_limit)
+        _publish_entries(fplan, sink.ctx, sink.atlas, summary)
+        summary.units_planned += fplan.units
+        if fplan.units:
+            _fold_pass(fplan, PoolRoute(normal="oom_fragment", long="oom_fragment"), sink)
         ledger.settle(list(split), "fragments")
     for label in sorted({q.route for q in ledger.pending.values()}):
         group = {s: q for s, q in ledger.pending.items() if q.route == label}
         messages = {q.sequence: failure_message(q, why_not_fragments(q, cfg.ingest) or "") for q in group.values()}
         for unit in reroute_units(group, cfg.model.name, cfg.plan, "oom-failed"):
             summary.units_planned += 1
-            sink.publish(_stage_failures(unit, "oom", messages, cfg, sink.ctx, sink.atlas, label), unit)
+            sink.publish(_stage_failures(unit, "oom", messages, cfg, sink.ctx, sink.atlas, label),
+                         (len(unit.sequences), unit.residues))
         ledger.settle(list(group), "failed")
     summary.oom_routes, summary.oom_fragments = dict(ledger.routes), ledger.fragments
 

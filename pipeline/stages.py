@@ -1,6 +1,9 @@
 """Ray adapters: the fold and write stages as callable classes for ``Dataset.map_batches``.
 
-Each Ray Data row is one work unit: ``unit_id`` plus a pickled payload. The classes hold their
+Each Ray Data row is one work unit: ``unit_id`` plus where its pickled payload lies in the plan's
+units Parquet (``source``, ``row_group``); the first stage reads it (:func:`unit_payloads`) and
+passes the payload on. Its records unpickle into AcceptedRecords, header fields and CRC64/MD5
+computed then (``pipeline.ingest.LiteRef``). The classes hold their
 expensive state (the model) for the actor's lifetime; the stage logic lives in
 :mod:`pipeline.fold` and :mod:`pipeline.write`, which run without Ray.
 """
@@ -24,6 +27,28 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "FOLDATLAS_FAULT_CRASH_SHA256"
 
 
+def _open_units_file(source: str) -> Any:
+    import pyarrow.parquet as pq
+
+    if source.startswith("s3://"):
+        from storage.store import arrow_s3_filesystem
+
+        return pq.ParquetFile(arrow_s3_filesystem().open_input_file(source.removeprefix("s3://")))
+    return pq.ParquetFile(source)
+
+
+def unit_payloads(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The pickled WorkUnit of each row: ``payload`` when a stage before passed it on, else read
+    from its row group of the units Parquet (``pipeline.runner.unit_refs``)."""
+    if "payload" in batch:
+        return batch["payload"]
+    payloads = []
+    for uid, source, rg in zip(batch["unit_id"], batch["source"], batch["row_group"], strict=True):
+        table = _open_units_file(str(source)).read_row_group(int(rg), columns=["unit_id", "payload"])
+        payloads.append(table.column(1)[table.column(0).to_pylist().index(uid)].as_py())
+    return np.array(payloads, dtype=object)
+
+
 def _maybe_crash(unit: Any) -> None:
     poison = {s for s in os.environ.get(CRASH_ENV, "").split(",") if s}
     if poison and poison & {r.sha256 for r in unit.records}:
@@ -43,7 +68,8 @@ class MSAActor:
         from pipeline.progress import report_stage
 
         t0 = time.perf_counter()
-        units = [pickle.loads(payload) for payload in batch["payload"]]
+        payloads = unit_payloads(batch)
+        units = [pickle.loads(payload) for payload in payloads]
         jobs = []
         for unit in units:
             shas = {r.sequence: r.sha256 for r in unit.records}
@@ -54,7 +80,7 @@ class MSAActor:
         for unit in units:
             report_stage(self.tracker, "msa", len(unit.sequences), unit.residues,
                          (time.perf_counter() - t0) * unit.residues / residues)
-        return {"unit_id": batch["unit_id"], "payload": batch["payload"], "msa": np.array(results, dtype=object)}
+        return {"unit_id": batch["unit_id"], "payload": payloads, "msa": np.array(results, dtype=object)}
 
 
 class FoldActor:
@@ -89,7 +115,7 @@ class FoldActor:
 
         msa_column = batch.get("msa")
         results = []
-        for i, payload in enumerate(batch["payload"]):
+        for i, payload in enumerate(unit_payloads(batch)):
             t0 = time.perf_counter()
             unit = pickle.loads(payload)
             _maybe_crash(unit)

@@ -7,6 +7,7 @@ exact statements, which ``foldatlas sql`` prints and ``docs/query.md`` shows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,21 @@ def query(atlas_root: str | Path, sql: str, dialect: str = "duckdb") -> Any:
         con.close()
 
 
-def load_a3m(atlas_root: str | Path, keys: list[str]) -> dict[str, str]:
-    """A3M texts from the atlas's ``msas`` table by ``msa_key``."""
-    atlas = Atlas(atlas_root)
+def msa_rows(atlas: Atlas, keys: Iterable[str], columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Distinct ``(msa_key, *columns)`` rows of the atlas's ``msas`` table for these keys (a few:
+    a lookup, not a scan to plan with)."""
     con = atlas.duckdb()
     try:
         con.execute("CREATE TEMP TABLE want(k VARCHAR)")
         con.executemany("INSERT INTO want VALUES (?)", [(k,) for k in keys])
-        rows = con.execute(
-            f"SELECT DISTINCT m.msa_key, m.a3m FROM read_parquet('{atlas.glob('msas')}', union_by_name=true) m "
-            "JOIN want ON m.msa_key = want.k").fetchall()
+        rows: list[tuple[Any, ...]] = con.execute(
+            f"SELECT DISTINCT m.msa_key, {', '.join(f'm.{c}' for c in columns)} FROM "
+            f"read_parquet('{atlas.glob('msas')}', union_by_name=true) m JOIN want ON m.msa_key = want.k").fetchall()
     finally:
         con.close()
-    return {k: a for k, a in rows}
+    return rows
+
+
+def load_a3m(atlas_root: str | Path, keys: list[str]) -> dict[str, str]:
+    """A3M texts from the atlas's ``msas`` table by ``msa_key``."""
+    return {k: a for k, a in msa_rows(Atlas(atlas_root), keys, ["a3m"])}

@@ -222,9 +222,11 @@ def test_driver_killed_twice_then_rerun(tmp_path: Path):
 
 
 def _staged_unit_ids(atlas: Path) -> set[str]:
-    """Unit ids of the shards left in staging (file names start with the unit id)."""
+    """Unit ids of the shards left in staging (file names start with the unit id).
+
+    The planner's scratch (``_staging/<run>/_plan/``: spilled plan tables) is not a unit."""
     ids = set()
     for p in (atlas / "_staging").rglob("*"):
-        if p.is_file():
+        if p.is_file() and "_plan" not in p.relative_to(atlas / "_staging").parts:
             ids.add(p.name.split(".")[0])
     return ids
