@@ -35,6 +35,9 @@ process, one row group read):
                             read, the render), in a warm process
 ``get_render_only``         ``.mmcif()`` of an already found entry: the range read and the render
 
+``cold_get``: ``get`` old and new in a fresh Python process per call (footers not cached in the
+process), the call timed after the imports, ``--cold-keys`` keys.
+
 and ``aggregate_histogram``: pLDDT histogram (10-point bins of ``globalMetricValue``) by ``taxId``
 over the whole ``entries`` table (DuckDB views).
 
@@ -224,6 +227,35 @@ def measure_layout(root: Path, keys: list[tuple[str, str]], *, files: dict[str, 
     return out
 
 
+_COLD = """
+import sys, time
+from pathlib import Path
+root, key, way = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+from benchmarks.query_speed import old_fetch_entry
+from storage.entry import fetch_entry
+t0 = time.perf_counter()
+text = (old_fetch_entry(root, key) if way == "old" else fetch_entry(root, key)).mmcif()
+print((time.perf_counter() - t0) * 1000, len(text))
+"""
+
+
+def measure_cold_get(root: Path, keys: list[tuple[str, str]]) -> dict[str, Any]:
+    """``get`` in a fresh process (as the ``foldatlas get`` command), old and new way alternating:
+    the time of the call after the imports, so footers are read from the page cache, not parsed."""
+    import subprocess
+    import sys
+
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for acc, _ in keys:
+        for way in ("old", "new"):
+            out = subprocess.run([sys.executable, "-c", _COLD, str(root), acc, way], check=True, capture_output=True,
+                                 text=True, cwd=Path(__file__).resolve().parent.parent).stdout.split()
+            times[way].append(float(out[0]))
+    res = {f"get_cold_{way}": _stats(v) for way, v in times.items()}
+    res["ratio_old_over_new"] = round(res["get_cold_old"]["median_ms"] / res["get_cold_new"]["median_ms"], 2)
+    return res
+
+
 def _rewrite(src: Path, table: str, rows: int, dst: Path) -> None:
     """``src`` rewritten with row groups of ``rows`` (bloom filters sized for them), as ``storage.layout``
     writes its files otherwise."""
@@ -262,8 +294,14 @@ def measure_row_groups(data: Path, sizes: Sequence[int], n_keys: int) -> dict[st
         for n in sizes:
             root = data / "rowgroups" / f"{table}-{n}"
             dst = root / table / src.name
-            if not dst.exists() or pq.read_metadata(dst).row_group(0).num_rows != min(n, pq.read_metadata(src).num_rows):
-                _rewrite(src, table, n, dst)
+            want = min(n, pq.read_metadata(src).num_rows)
+            if not dst.exists() or pq.read_metadata(dst).row_group(0).num_rows != want:
+                if pq.read_metadata(src).row_group(0).num_rows == want:  # the layout's own size: the file itself
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.unlink(missing_ok=True)
+                    os.link(src, dst)
+                else:
+                    _rewrite(src, table, n, dst)
             roots[n] = root
         column = pq.read_table(src, columns=[key])[key]
         keys = [column[i].as_py() for i in random.Random(5).sample(range(len(column)), min(n_keys, len(column)))]
@@ -338,7 +376,8 @@ def _fit(points: list[tuple[int, float]], at: int) -> dict[str, float]:
     return {"fixed_ms": round(a, 2), "per_file_ms": round(b, 4), "extrapolated_ms": round(a + b * at, 1)}
 
 
-def run(data: Path, n_keys: int, naive_keys: int, row_group_sizes: Sequence[int] = ()) -> dict[str, Any]:
+def run(data: Path, n_keys: int, naive_keys: int, row_group_sizes: Sequence[int] = (),
+        cold_keys: int = 5) -> dict[str, Any]:
     import duckdb
     import pyarrow
 
@@ -382,6 +421,7 @@ def run(data: Path, n_keys: int, naive_keys: int, row_group_sizes: Sequence[int]
     extrap["aggregate_histogram"] = agg
     res["naive_extrapolated_to_full_size"] = extrap
     res["compaction_of_naive"] = measure_compaction(naive, pairs[:naive_keys], gen["target_rows"])
+    res["cold_get"] = measure_cold_get(data / "layout", pairs[:cold_keys])
     if row_group_sizes:
         res["row_groups"] = measure_row_groups(data, row_group_sizes, n_keys)
     res["targets"] = {q: {"target_ms": t, "layout_ms": res["layout"][q]["median_ms"],
@@ -401,20 +441,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--entries", type=int, default=10_000_000, help="when generating")
     ap.add_argument("--naive-entries", type=int, default=200_000, help="when generating")
     ap.add_argument("--target-rows", type=int, default=1_000_000, help="when generating")
-    ap.add_argument("--row-groups", default="4096,8192,16384,65536",
+    ap.add_argument("--row-groups", default="4096,8192,65536",
                     help="row-group sizes to compare on one file per table ('' to skip)")
+    ap.add_argument("--cold-keys", type=int, default=5, help="keys for get in a fresh process")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (CI): 4,000 entries, 8 keys")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.smoke:
         args.entries, args.naive_entries, args.target_rows, args.keys, args.naive_keys = 4000, 1000, 1500, 8, 4
-        args.row_groups = "256,1024"
+        args.row_groups, args.cold_keys = "256,1024", 1
     if not (args.data / "generated.json").exists():
         from benchmarks.make_synthetic_atlas import generate
 
         generate(args.data, args.entries, args.naive_entries, target_rows=args.target_rows,
                  sample=max(args.keys, args.naive_keys), plddt=args.smoke)
-    res = run(args.data, args.keys, args.naive_keys, [int(n) for n in args.row_groups.split(",") if n])
+    res = run(args.data, args.keys, args.naive_keys, [int(n) for n in args.row_groups.split(",") if n],
+              args.cold_keys)
     res["settings"]["mode"] = "smoke" if args.smoke else "full"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")

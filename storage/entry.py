@@ -109,18 +109,16 @@ class FoundEntry:
                              f"{self.entry.get('failure_reason')})", hint="See the failures table.")
 
     def a3m(self) -> str:
-        """The entry's MSA (A3M) from the ``msas`` table."""
-        from storage.query import load_a3m
-
+        """The entry's MSA (A3M) from the ``msas`` table (one pruned lookup by its key)."""
         key = self.entry.get("msa_key")
         if not key:
             raise AtlasError(f"{self.entry_id}: no MSA was searched for this entry",
                              hint="Run with --msa mmseqs2|hmmer --msa-db DBDIR to search and store MSAs.")
-        found = load_a3m(self.atlas.uri, [key])
-        if key not in found:
+        found = lookup(self.atlas.uri, "msas", "msa_key", key, columns=["a3m"])["a3m"].to_pylist()
+        if not found:
             raise AtlasError(f"{self.entry_id}: MSA {key[:12]} is missing from the msas table",
                              hint="The atlas is inconsistent; re-run the same input with the same MSA database.")
-        return found[key]
+        return str(found[0])
 
 
 ENTRY_KEYS = ("accession", "entryId", "sequence_sha256")

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -162,17 +163,55 @@ def bloom_block(h: int, num_bytes: int) -> int:
     return (((h >> 32) * (num_bytes // 32)) >> 32) * 32
 
 
+def bloom_masks(h: int) -> np.ndarray:
+    """The 8 bit masks (one per 32-bit word of a block) a hash ``h`` must find set."""
+    key = h & 0xFFFFFFFF
+    return np.array([1 << (((key * salt) & 0xFFFFFFFF) >> 27) for salt in _SALT], dtype=np.uint32)
+
+
 def bloom_block_has(block: bytes, h: int) -> bool:
     """Whether a split-block bloom filter block admits the hash ``h`` (may be a false positive)."""
-    key = h & 0xFFFFFFFF
-    words = struct.unpack("<8I", block)
-    return all(words[k] >> (((key * _SALT[k]) & 0xFFFFFFFF) >> 27) & 1 for k in range(8))
+    return bool((np.frombuffer(block, dtype="<u4") & bloom_masks(h)).all())
+
+
+@dataclass(frozen=True)
+class BloomFilters:
+    """The bloom filters of one column in one file, one per row group (size 0: none)."""
+
+    offsets: np.ndarray  # int64: bitset offset in the file
+    sizes: np.ndarray  # int64: bitset bytes; 0 where the row group has no (usable) filter
+    data: np.ndarray | None  # uint8: all bitsets back to back (cached), or None: read per lookup
+    starts: np.ndarray  # int64: each bitset's start in ``data``
+
+    def admits(self, path: str, groups: np.ndarray, h: int) -> np.ndarray:
+        """Per row group in ``groups``: False where its filter excludes the hash ``h``."""
+        sizes = self.sizes[groups]
+        has = sizes > 0
+        out = np.ones(len(groups), dtype=bool)
+        if not has.any():
+            return out
+        g, sizes = groups[has], sizes[has].astype(np.uint64)
+        block = (((np.uint64(h >> 32) * (sizes // np.uint64(32))) >> np.uint64(32)) * np.uint64(32)).astype(np.int64)
+        words: np.ndarray
+        if self.data is not None:  # bitsets are whole 32-byte blocks, back to back: gather block rows
+            words = self.data.view("<u4").reshape(-1, 8)[(self.starts[g] + block) // 32]
+        else:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                raw = b"".join(os.pread(fd, 32, int(o)) for o in self.offsets[g] + block)
+            finally:
+                os.close(fd)
+            words = np.frombuffer(raw, dtype="<u4").reshape(-1, 8)
+        out[has] = ((words & bloom_masks(h)) != 0).all(axis=1)
+        return out
+
+
+#: Bloom-filter bitsets kept in memory, all files together (~2.5 bytes per row and filtered column).
+BLOOM_CACHE_BYTES = 512 << 20
+_bloom_cached = 0
 
 
 # ---- per-file and per-table metadata ---------------------------------------------------------------
-
-_BloomPos = tuple[int, int] | None  # (bitset offset in the file, bitset bytes)
-
 
 @dataclass
 class FileMeta:
@@ -181,7 +220,8 @@ class FileMeta:
     path: str
     metadata: pq.FileMetaData
     _ranges: dict[str, list[tuple[Any, Any] | None]] = field(default_factory=dict)
-    _blooms: dict[str, list[_BloomPos]] = field(default_factory=dict)
+    _blooms: dict[str, BloomFilters] = field(default_factory=dict)
+    _bounds: dict[str, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
 
     @functools.cached_property
     def names(self) -> frozenset[str]:
@@ -207,26 +247,67 @@ class FileMeta:
             self._ranges[column] = out
         return self._ranges[column]
 
-    def blooms(self, column: str, fd: int) -> list[_BloomPos]:
+    def bounds(self, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`ranges` as two object arrays (min, max), for vectorized comparison; None if a row
+        group has no statistics."""
+        if column not in self._bounds:
+            ranges = self.ranges(column)
+            if any(r is None for r in ranges):
+                self._bounds[column] = None
+            else:
+                lo, hi = np.empty(len(ranges), dtype=object), np.empty(len(ranges), dtype=object)
+                lo[:] = [r[0] for r in ranges if r is not None]
+                hi[:] = [r[1] for r in ranges if r is not None]
+                self._bounds[column] = (lo, hi)
+        return self._bounds[column]
+
+    def blooms(self, column: str) -> BloomFilters:
+        """The column's bloom filters: headers read once; bitsets cached while under BLOOM_CACHE_BYTES."""
+        global _bloom_cached
         if column not in self._blooms:
             j = self._column_index(column)
-            out: list[_BloomPos] = []
-            for g in range(self.metadata.num_row_groups):
-                cc = self.metadata.row_group(g).column(j) if j is not None else None
-                offset = cc.bloom_filter_offset if cc is not None and cc.physical_type == "BYTE_ARRAY" else None
-                if not offset or offset < 0:
-                    out.append(None)
-                    continue
-                try:
-                    num_bytes, header = bloom_header(os.pread(fd, 64, offset))
-                except (ValueError, IndexError):
-                    out.append(None)  # unreadable filter: no pruning by it
-                    continue
-                out.append((offset + header, num_bytes))
-            self._blooms[column] = out
+            n = self.metadata.num_row_groups
+            offsets, sizes = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+            chunks: list[bytes] = []
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                for g in range(n):
+                    cc = self.metadata.row_group(g).column(j) if j is not None else None
+                    offset = cc.bloom_filter_offset if cc is not None and cc.physical_type == "BYTE_ARRAY" else None
+                    if not offset or offset < 0:
+                        continue
+                    length = cc.bloom_filter_length  # type: ignore[union-attr]
+                    raw = os.pread(fd, length if length and length > 0 else 64, offset)
+                    try:
+                        num_bytes, header = bloom_header(raw)
+                    except (ValueError, IndexError):
+                        continue  # unreadable filter: no pruning by it
+                    offsets[g], sizes[g] = offset + header, num_bytes
+                    if len(raw) == header + num_bytes:
+                        chunks.append(raw[header:])
+            finally:
+                os.close(fd)
+            total = int(sizes.sum())
+            data = None
+            with _BLOOMS_LOCK:
+                if len(chunks) == int((sizes > 0).sum()) and _bloom_cached + total <= BLOOM_CACHE_BYTES:
+                    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+                    _bloom_cached += total
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            self._blooms[column] = BloomFilters(offsets, sizes, data, starts)
         return self._blooms[column]
 
+    def forget(self) -> None:
+        """Release the cached bitsets (the file left every snapshot)."""
+        global _bloom_cached
+        with _BLOOMS_LOCK:
+            for b in self._blooms.values():
+                if b.data is not None:
+                    _bloom_cached -= int(b.sizes.sum())
+        self._blooms.clear()
 
+
+_BLOOMS_LOCK = threading.Lock()
 _FILES: dict[tuple[int, int, int, int], FileMeta] = {}  # (dev, inode, size, mtime_ns) -> FileMeta
 _FILES_LOCK = threading.Lock()
 
@@ -236,8 +317,9 @@ def _file_meta(path: str, st: os.stat_result) -> FileMeta:
     with _FILES_LOCK:
         found = _FILES.get(key)
     if found is None or found.path != path:
-        md = found.metadata if found is not None else pq.read_metadata(path)
-        found = FileMeta(path, md)
+        # a hard link to a known file (a compaction kept it in the next generation): its caches carry over
+        found = (FileMeta(path, found.metadata, found._ranges, found._blooms, found._bounds) if found is not None
+                 else FileMeta(path, pq.read_metadata(path)))
         with _FILES_LOCK:
             _FILES[key] = found
     return found
@@ -274,39 +356,18 @@ class TableIndex:
             ranges = f.ranges(column)
             if not ranges:
                 continue  # the file has no such column: all nulls, no match
-            groups = []
-            for g, r in enumerate(ranges):
-                if r is None:
-                    return None
-                lo, hi = r
-                try:
-                    inside = lo <= value <= hi
-                except TypeError:
-                    return None
-                if inside:
-                    groups.append(g)
-            if groups and h is not None:
-                groups = _bloom_filter(f, column, groups, h)
-            out += [(f, g) for g in groups]
+            bounds = f.bounds(column)
+            if bounds is None:
+                return None
+            lo, hi = bounds
+            try:
+                groups = np.flatnonzero((lo <= value) & (hi >= value))
+            except TypeError:
+                return None
+            if groups.size and h is not None:
+                groups = groups[f.blooms(column).admits(f.path, groups, h)]
+            out += [(f, int(g)) for g in groups]
         return out
-
-
-def _bloom_filter(f: FileMeta, column: str, groups: list[int], h: int) -> list[int]:
-    fd = os.open(f.path, os.O_RDONLY)
-    try:
-        blooms = f.blooms(column, fd)
-        kept = []
-        for g in groups:
-            pos = blooms[g]
-            if pos is None:
-                kept.append(g)
-                continue
-            start, num_bytes = pos
-            if bloom_block_has(os.pread(fd, 32, start + bloom_block(h, num_bytes)), h):
-                kept.append(g)
-        return kept
-    finally:
-        os.close(fd)
 
 
 _INDEXES: dict[tuple[str, str], TableIndex] = {}
@@ -341,8 +402,21 @@ def table_index(atlas_root: str | Path, table: str) -> TableIndex | None:
     idx = TableIndex(table, directory, stamp, tuple(files))
     if os.stat(directory).st_mtime_ns == stamp[1]:  # not changed while we read it
         with _INDEXES_LOCK:
+            old = _INDEXES.get((root, table))
             _INDEXES[(root, table)] = idx
+        if old is not None:
+            kept = {id(f._blooms) for f in idx.files}  # hard links share their caches (_file_meta)
+            _forget([f for f in old.files if id(f._blooms) not in kept])
     return idx
+
+
+def _forget(gone: list[FileMeta]) -> None:
+    """Drop files that left the table (merged away, replaced) from the footer cache."""
+    with _FILES_LOCK:
+        for key in [k for k, f in _FILES.items() if any(f is g for g in gone)]:
+            del _FILES[key]
+    for f in gone:
+        f.forget()
 
 
 def clear_caches() -> None:
@@ -351,6 +425,8 @@ def clear_caches() -> None:
     with _INDEXES_LOCK:
         _INDEXES.clear()
     with _FILES_LOCK:
+        for f in _FILES.values():
+            f.forget()
         _FILES.clear()
     with _CON_LOCK:
         if _CON is not None:

@@ -50,6 +50,7 @@ def test_query_speed_smoke(tmp_path: Path) -> None:
     assert comp["after"]["lookup_accession"]["rows_found"] == comp["after"]["lookup_accession"]["n"]
     assert comp["after"]["fast_lookup_accession"]["rows_found"] == comp["after"]["lookup_accession"]["n"]
     assert set(res["targets"]) == {"fast_lookup_accession", "fast_lookup_structure_sha", "get", "aggregate_histogram"}
+    assert res["cold_get"]["get_cold_new"]["n"] == 1 and res["cold_get"]["ratio_old_over_new"] > 0
     for table in ("entries", "structures"):
         sizes = res["row_groups"][table]["sizes"]
         assert set(sizes) == {"256", "1024"} and sizes["256"]["row_groups"] == 6

@@ -210,3 +210,22 @@ def test_files_without_statistics_bloom_or_columns_fall_back_and_stay_correct(
     v = t["accession"][150].as_py()
     assert _rows(lk.lookup(atlas.root, "entries", "accession", v)) == _truth(atlas.root, "accession", v)
     assert lk.lookup(atlas.root, "entries", "accession", "missing").num_rows == 0
+
+
+def test_found_entry_a3m_is_looked_up_by_msa_key(tmp_path: Path) -> None:
+    from pipeline.errors import AtlasError
+    from storage.entry import FoundEntry
+    from storage.schema import MSAS_SCHEMA
+
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    keys = [f"{7 * i:064x}" for i in range(2100)]
+    rows = {f.name: [None] * len(keys) for f in MSAS_SCHEMA}
+    rows.update(msa_key=keys, sequence_sha256=keys, db_id=["db"] * len(keys), tool=["mmseqs2"] * len(keys),
+                a3m=[f">q\nSEQ{i}\n" for i in range(len(keys))], run_id=["r"] * len(keys))
+    write_shard("msas", pa.table(rows, schema=MSAS_SCHEMA), atlas.root / "msas" / "u1.parquet")
+    for i in (0, 1023, 1024, len(keys) - 1):  # row-group boundaries (1,024 rows per group)
+        found = FoundEntry(atlas, {"entryId": "E", "msa_key": keys[i]}, {})
+        assert found.a3m() == f">q\nSEQ{i}\n"
+    with pytest.raises(AtlasError, match="missing from the msas table"):
+        FoundEntry(atlas, {"entryId": "E", "msa_key": "f" * 64}, {}).a3m()
