@@ -524,7 +524,10 @@ def lookup(atlas_root: str | Path, table: str, column: str, value: Any, *, model
                                   columns, con)
         finally:
             con.close()
-    idx = table_index(atlas.root, table)
+    try:
+        idx = table_index(atlas.root, table)
+    except FileNotFoundError:  # an atlas of a version without this table
+        return _empty(table, columns)
     if idx is None:  # too many files to index: the glob, with DuckDB's own metadata cache
         return _duckdb_lookup(table, f"read_parquet('{atlas.glob(table)}', union_by_name = true)", filters,
                               columns, duckdb_connection())

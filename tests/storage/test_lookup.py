@@ -229,3 +229,11 @@ def test_found_entry_a3m_is_looked_up_by_msa_key(tmp_path: Path) -> None:
         assert found.a3m() == f">q\nSEQ{i}\n"
     with pytest.raises(AtlasError, match="missing from the msas table"):
         FoundEntry(atlas, {"entryId": "E", "msa_key": "f" * 64}, {}).a3m()
+
+
+def test_a_table_the_atlas_does_not_have_is_empty(tmp_path: Path) -> None:
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    (atlas.root / "msas" / "schema.parquet").unlink()
+    (atlas.root / "msas").rmdir()
+    assert lk.lookup(atlas.root, "msas", "msa_key", "k").num_rows == 0
