@@ -11,6 +11,7 @@ returned as stored (mmCIF re-labelled with :func:`storage.mmcif.retarget_modelci
 from __future__ import annotations
 
 import gzip
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ class FoundEntry:
 
 
 ENTRY_KEYS = ("accession", "entryId", "sequence_sha256")
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 
 def _newest_first(row: dict[str, Any]) -> tuple[bool, float]:
@@ -133,7 +135,9 @@ def _newest_first(row: dict[str, Any]) -> tuple[bool, float]:
 def find_entries(atlas_root: str | Path, key: str, model: str | None = None) -> list[dict[str, Any]]:
     """``entries`` rows whose accession, entryId or sequence SHA-256 is ``key``: newest first, one per
     (accession, sequence, model). One pruned lookup per column (:func:`storage.lookup.lookup`)."""
-    rows = [r for column in ENTRY_KEYS for r in lookup(atlas_root, "entries", column, key, model=model).to_pylist()]
+    # sequence_sha256 holds hex SHA-256 digests: any other key cannot match it (spares a bloom-filter scan)
+    columns = ENTRY_KEYS if _SHA256_HEX.fullmatch(key) else tuple(c for c in ENTRY_KEYS if c != "sequence_sha256")
+    rows = [r for column in columns for r in lookup(atlas_root, "entries", column, key, model=model).to_pylist()]
     rows.sort(key=_newest_first)
     newest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for e in rows:  # a row matching two key columns, or written again by a later run: keep the newest

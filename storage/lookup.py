@@ -15,8 +15,9 @@ keeps what a lookup needs between calls instead (:class:`TableIndex`, one per ta
   them): a lookup reads the one 32-byte block of each filter the value hashes to (``os.pread``).
 
 A lookup takes the row groups whose statistics *and* bloom filter admit the value (for a present
-key: one, plus a bloom false positive in ~1 % of the row groups), decodes each with
-``ParquetFile.read_row_group`` (the selected columns, default all) and keeps the matching rows. Rows come back conformed to the table's schema (``storage.schema.TABLES``: columns a
+key: one, plus bloom false positives in under 1 % of the row groups), decodes each with
+``ParquetFile.read_row_group`` (the selected columns, default all) and keeps the matching rows;
+with several candidates it decodes the key column first and the rest only where the key is. Rows come back conformed to the table's schema (``storage.schema.TABLES``: columns a
 file lacks are nulls, as with ``read_parquet(..., union_by_name = true)``).
 
 Consistency: a snapshot is the table's directory with the generation symlink resolved
@@ -457,20 +458,29 @@ def conform(table: str, data: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
-def _read_matches(f: FileMeta, group: int, filters: dict[str, Any], columns: Sequence[str] | None) -> pa.Table | None:
+def _matching(rows: pa.Table, filters: dict[str, Any]) -> pa.Array:
+    mask = None
+    for c, v in filters.items():
+        m = pc.equal(rows[c], pa.scalar(v, rows.schema.field(c).type))
+        mask = m if mask is None else pc.and_(mask, m)
+    assert mask is not None
+    return pc.indices_nonzero(pc.fill_null(mask, False))
+
+
+def _read_matches(f: FileMeta, group: int, filters: dict[str, Any], columns: Sequence[str] | None,
+                  probe: bool) -> pa.Table | None:
+    """The matching rows of one row group. ``probe``: decode the filter columns first and the
+    others only if a row matches (a bloom filter's false positive then costs little)."""
     pf = pq.ParquetFile(f.path, metadata=f.metadata)
     try:
         present = f.names
         if any(c not in present for c in filters):
             return None  # a filter column the file lacks is null: no row matches
+        if probe and not len(_matching(pf.read_row_group(group, columns=list(filters), use_threads=False), filters)):
+            return None
         want = None if columns is None else [c for c in dict.fromkeys([*columns, *filters]) if c in present]
         rows = pf.read_row_group(group, columns=want, use_threads=False)  # one small row group: no pool
-        mask = None
-        for c, v in filters.items():
-            m = pc.equal(rows[c], pa.scalar(v, rows.schema.field(c).type))
-            mask = m if mask is None else pc.and_(mask, m)
-        assert mask is not None
-        hit = pc.indices_nonzero(pc.fill_null(mask, False))
+        hit = _matching(rows, filters)
         return rows.take(hit) if len(hit) else None
     finally:
         pf.close()
@@ -538,7 +548,8 @@ def lookup(atlas_root: str | Path, table: str, column: str, value: Any, *, model
             return _empty(table, columns)
         return _duckdb_lookup(table, f"read_parquet({_sql_list(paths)}, union_by_name = true)", filters, columns,
                               duckdb_connection())
-    parts = [t for f, g in found if (t := _read_matches(f, g, filters, columns)) is not None]
+    probe = len(found) > 1  # several candidates: bloom false positives or a key spanning row groups
+    parts = [t for f, g in found if (t := _read_matches(f, g, filters, columns, probe)) is not None]
     if not parts:
         return _empty(table, columns)
     out = pa.concat_tables([conform(table, t) for t in parts], promote_options="permissive")
