@@ -11,8 +11,11 @@ Writes under ``--out``:
     first ``--naive-entries`` entries (the same rows as in ``layout/``). Work units group random
     entries, as the planner's length-sorted units do, so each file spans the whole key range.
 ``mmcif/``  (``layout/mmcif`` and ``naive/mmcif`` point at it) real tar shards of ``--unit-size``
-    gzipped members (the AFDB test mmCIF and PAE JSON files, relabelled), written only for the work
-    units of the sampled keys; every other ``structures`` row points at a shard that does not exist.
+    members as the write stage stores them today: one compact structure record (``*.fac``,
+    :mod:`storage.structure_record`; mmCIF and PAE JSON rendered from it by ``foldatlas get``) per
+    structure, made from the AFDB test entries (118-957 residues) by ``benchmarks.render_speed.records``,
+    ``mmcif_member`` = ``pae_member``; written only for the work units of the sampled keys; every other
+    ``structures`` row points at a shard that does not exist.
 ``keys.json`` the sampled keys (accessions and sequence hashes of entries in both layouts).
 
 What the rows look like (all columns of ``ENTRIES_SCHEMA`` / ``STRUCTURES_SCHEMA``):
@@ -28,12 +31,15 @@ how they sort or compress. Sequences are random residues at UniProt background f
 300-residue row: 12 GB raw for 10M rows); without it the column is null. One structure per entry.
 
     nice -n 10 python -m benchmarks.make_synthetic_atlas --out /tmp/foldatlas-qbench --entries 10000000
+
+``--keep-entries`` keeps ``layout/entries`` of an earlier run with the same ``--entries``/``--seed``
+(its rows are a pure function of them) and rewrites everything else: the entries are most of the
+generation time.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import os
@@ -49,8 +55,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.atlas import Atlas, write_parquet
-from storage.layout import COMPACTED_PREFIX, write_sorted_files
-from storage.mmcif_shard import write_mmcif_shard
+from storage.layout import COMPACTED_PREFIX, layout_for, write_sorted_files
+from storage.mmcif_shard import RECORD_SUFFIX, write_mmcif_shard
 from storage.schema import ENTRIES_SCHEMA, STRUCTURES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -262,9 +268,9 @@ def entries_chunk(u: Universe, idx: np.ndarray, rng: np.random.Generator) -> pa.
     return pa.table([cols[f.name] for f in ENTRIES_SCHEMA], schema=ENTRIES_SCHEMA)
 
 
-def member_names(acc: pa.Array) -> tuple[pa.Array, pa.Array]:
-    return (pc.binary_join_element_wise("FA-", acc, "-F1-model_v1.cif.gz", ""),
-            pc.binary_join_element_wise("FA-", acc, "-F1-predicted_aligned_error_v1.json.gz", ""))
+def member_names(acc: pa.Array) -> pa.Array:
+    """Record member names as the write stage names them (``<entryId>-model_v1.fac``)."""
+    return pc.binary_join_element_wise("FA-", acc, f"-F1-model_v1{RECORD_SUFFIX}", "")
 
 
 def structures_chunk(u: Universe, js: np.ndarray, rng: np.random.Generator, plddt: bool,
@@ -276,10 +282,10 @@ def structures_chunk(u: Universe, js: np.ndarray, rng: np.random.Generator, pldd
     mean = u.mean_plddt[idx]
     lengths = u.lengths[idx]
     acc = u.accessions(idx)
-    cif_name, pae_name = member_names(acc)
-    # Offsets of an unwritten shard: plausible (members of ~60 kB + ~100 kB, 512-byte headers).
+    member = member_names(acc)
+    # Offsets of an unwritten shard: plausible (records of ~40 kB, 512-byte headers); PAE = same record.
     slot = u.slot[idx]
-    offs = np.stack([512 + slot * 160_768, 60_000 + 0 * slot, 60_928 + slot * 160_768, 99_000 + 0 * slot], 1)
+    offs = np.stack([512 + slot * 40_960, 40_000 + 0 * slot, 512 + slot * 40_960, 40_000 + 0 * slot], 1)
     for k, e in enumerate(idx):
         got = real_members.get(int(e))
         if got is not None:
@@ -320,10 +326,10 @@ def structures_chunk(u: Universe, js: np.ndarray, rng: np.random.Generator, pldd
         "published": pa.array(ok),
         "representative_accession": acc,
         "mmcif_shard": _masked_str(pc.binary_join_element_wise("mmcif/", unit, ".tar", ""), failed),
-        "mmcif_member": _masked_str(cif_name, failed),
+        "mmcif_member": _masked_str(member, failed),
         "mmcif_offset": _masked(offs[:, 0], failed, pa.int64()),
         "mmcif_size": _masked(offs[:, 1], failed, pa.int64()),
-        "pae_member": _masked_str(pae_name, failed),
+        "pae_member": _masked_str(member, failed),
         "pae_offset": _masked(offs[:, 2], failed, pa.int64()),
         "pae_size": _masked(offs[:, 3], failed, pa.int64()),
         "model_seconds": pa.array(lengths * 0.004),
@@ -341,25 +347,20 @@ def _masked_str(arr: pa.Array, mask: np.ndarray) -> pa.Array:
 
 def write_real_shards(u: Universe, entries: np.ndarray, mmcif_dir: Path) -> dict[int, tuple[int, int, int, int]]:
     """Write the tar shards of the units holding ``entries``; returns entry -> member offsets."""
-    templates = sorted(AFDB_FILES.glob("AF-*-model_v4.cif"))
-    blobs = [(gzip.compress(t.read_bytes(), 6, mtime=0),
-              gzip.compress(t.with_name(t.name.replace("model_v4.cif", "predicted_aligned_error_v4.json"))
-                            .read_bytes(), 6, mtime=0)) for t in templates]
+    from benchmarks.render_speed import records
+
+    blobs = [rec for _, rec in sorted(records(AFDB_FILES).items())]  # compact records, 118-957 residues
     out: dict[int, tuple[int, int, int, int]] = {}
     for unit in sorted({int(u.unit[e]) for e in entries}):
         members_idx = np.flatnonzero(u.unit == unit)
         members_idx = members_idx[np.argsort(u.slot[members_idx])]
-        acc = u.accessions(members_idx)
-        cif_names, pae_names = member_names(acc)
-        members: list[tuple[str, bytes]] = []
-        for k in range(len(members_idx)):
-            cif, pae = blobs[k % len(blobs)]
-            members += [(cif_names[k].as_py(), cif), (pae_names[k].as_py(), pae)]
+        names = member_names(u.accessions(members_idx)).to_pylist()
         name = u.unit_ids(members_idx[:1])[0].as_py()
-        index = write_mmcif_shard(mmcif_dir / f"{name}.tar", members)
+        index = write_mmcif_shard(mmcif_dir / f"{name}.tar",
+                                  [(names[k], blobs[k % len(blobs)]) for k in range(len(members_idx))])
         for k, e in enumerate(members_idx):
-            c, p = index[2 * k], index[2 * k + 1]
-            out[int(e)] = (c.offset, c.size, p.offset, p.size)
+            m = index[k]
+            out[int(e)] = (m.offset, m.size, m.offset, m.size)
     return out
 
 
@@ -373,11 +374,47 @@ def _batches(tables: Iterator[pa.Table]) -> Iterator[pa.RecordBatch]:
         yield from t.combine_chunks().to_batches()
 
 
+def _keep_entries(out: Path, entries: int, seed: int, target_rows: int) -> Path | None:
+    """Move an earlier run's complete ``layout/entries`` aside (None when there is none to keep)."""
+    import pyarrow.parquet as pq
+
+    src = out / "layout" / "entries"
+    files = sorted(src.glob(f"{COMPACTED_PREFIX}000001-*.parquet"))
+    try:
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except (OSError, pa.ArrowInvalid):
+        rows = -1
+    if rows != entries or len(files) != -(-entries // target_rows):
+        log.warning("no complete entries table of %d rows in %s: writing it", entries, src)
+        return None
+    log.info("keeping %s (%d files; seed %d assumed)", src, len(files), seed)
+    aside = out.parent / f".{out.name}.entries-kept"
+    if aside.exists():
+        shutil.rmtree(aside)
+    first = pq.ParquetFile(files[0])
+    if (first.schema_arrow.names == ENTRIES_SCHEMA.names
+            and first.metadata.row_group(0).num_rows == layout_for("entries").row_group_rows):
+        os.rename(src, aside)
+        return aside
+    # older schema or row groups: rewritten (same rows, today's columns and LAYOUTS), ~1 min per file
+    from storage.lookup import conform
+
+    aside.mkdir()
+    batches = (conform("entries", pa.Table.from_batches([b])).to_batches()[0]
+               for f in files for b in pq.ParquetFile(f).iter_batches(batch_size=CHUNK))
+    write_sorted_files("entries", batches, aside, f"{COMPACTED_PREFIX}000001-", target_rows)
+    return aside
+
+
 def generate(out: Path, entries: int, naive_entries: int, unit_size: int = 100, seed: int = 7,
              target_rows: int = 1_000_000, plddt: bool = False, sample: int = 60,
-             length_sources: Sequence[Path] | None = None) -> dict[str, Any]:
-    """Write the two layouts and ``keys.json``; returns the summary (also ``generated.json``)."""
+             length_sources: Sequence[Path] | None = None, keep_entries: bool = False) -> dict[str, Any]:
+    """Write the two layouts and ``keys.json``; returns the summary (also ``generated.json``).
+
+    ``keep_entries``: reuse ``layout/entries`` of an earlier run of the same size and seed.
+    """
     t0 = time.perf_counter()
+    kept = _keep_entries(out, entries, seed, target_rows) if keep_entries else None
     if out.exists():
         shutil.rmtree(out)
     pool = fasta_lengths(length_sources or default_length_sources())
@@ -398,10 +435,15 @@ def generate(out: Path, entries: int, naive_entries: int, unit_size: int = 100, 
     prefix = f"{COMPACTED_PREFIX}000001-"
     t1 = time.perf_counter()
     files: dict[str, int] = {}
-    written = write_sorted_files("entries", _batches(entries_chunk(u, i, np.random.default_rng([seed, 2, int(i[0])]))
-                                                     for i in _chunks(entries)),
-                                 layout.table_dir("entries"), prefix, target_rows)
-    files["entries"] = len(written)
+    if kept is not None:
+        shutil.rmtree(layout.table_dir("entries"))
+        os.rename(kept, layout.table_dir("entries"))
+        files["entries"] = len(list(layout.table_dir("entries").glob(f"{prefix}*.parquet")))
+    else:
+        written = write_sorted_files(
+            "entries", _batches(entries_chunk(u, i, np.random.default_rng([seed, 2, int(i[0])])) for i in _chunks(entries)),
+            layout.table_dir("entries"), prefix, target_rows)
+        files["entries"] = len(written)
     timings["layout_entries_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     written = write_sorted_files(
@@ -461,10 +503,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--target-rows", type=int, default=1_000_000)
     ap.add_argument("--plddt", action="store_true", help="fill structures.plddt (per-residue lists)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--keep-entries", action="store_true",
+                    help="reuse layout/entries of an earlier run with the same --entries and --seed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = generate(args.out, args.entries, args.naive_entries, args.unit_size, args.seed, args.target_rows,
-                       args.plddt)
+                       args.plddt, keep_entries=args.keep_entries)
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -11,6 +11,7 @@ returned as stored (mmCIF re-labelled with :func:`storage.mmcif.retarget_modelci
 from __future__ import annotations
 
 import gzip
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from pipeline.errors import AtlasError, EntryNotFound
 from storage.afdb_json import write_confidence_json
 from storage.atlas import Atlas
-from storage.layout import key_lookup_sql
+from storage.lookup import lookup
 from storage.mmcif import ModelCIFEntry, retarget_modelcif
 from storage.mmcif_shard import RECORD_SUFFIX, read_shard_range
 from storage.structure_record import StoredStructure
@@ -109,50 +110,70 @@ class FoundEntry:
                              f"{self.entry.get('failure_reason')})", hint="See the failures table.")
 
     def a3m(self) -> str:
-        """The entry's MSA (A3M) from the ``msas`` table."""
-        from storage.query import load_a3m
-
+        """The entry's MSA (A3M) from the ``msas`` table (one pruned lookup by its key)."""
         key = self.entry.get("msa_key")
         if not key:
             raise AtlasError(f"{self.entry_id}: no MSA was searched for this entry",
                              hint="Run with --msa mmseqs2|hmmer --msa-db DBDIR to search and store MSAs.")
-        found = load_a3m(self.atlas.uri, [key])
-        if key not in found:
+        found = lookup(self.atlas.uri, "msas", "msa_key", key, columns=["a3m"])["a3m"].to_pylist()
+        if not found:
             raise AtlasError(f"{self.entry_id}: MSA {key[:12]} is missing from the msas table",
                              hint="The atlas is inconsistent; re-run the same input with the same MSA database.")
-        return found[key]
+        return str(found[0])
+
+
+ENTRY_KEYS = ("accession", "entryId", "sequence_sha256")
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
+
+
+def _newest_first(row: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key: newest ``created_at`` first, rows without one last (as ``ORDER BY created_at DESC``)."""
+    created = row.get("created_at")
+    return created is None, -created.timestamp() if created is not None else 0.0
+
+
+def find_entries(atlas_root: str | Path, key: str, model: str | None = None) -> list[dict[str, Any]]:
+    """``entries`` rows whose accession, entryId or sequence SHA-256 is ``key``: newest first, one per
+    (accession, sequence, model). One pruned lookup per column (:func:`storage.lookup.lookup`)."""
+    # sequence_sha256 holds hex SHA-256 digests: any other key cannot match it (spares a bloom-filter scan)
+    columns = ENTRY_KEYS if _SHA256_HEX.fullmatch(key) else tuple(c for c in ENTRY_KEYS if c != "sequence_sha256")
+    rows = [r for column in columns for r in lookup(atlas_root, "entries", column, key, model=model).to_pylist()]
+    rows.sort(key=_newest_first)
+    newest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in rows:  # a row matching two key columns, or written again by a later run: keep the newest
+        newest.setdefault((e["accession"], e["sequence_sha256"], e["model"]), e)
+    return list(newest.values())
+
+
+def find_structure(atlas_root: str | Path, sequence_sha256: str, model: str) -> dict[str, Any] | None:
+    """The ``structures`` row of a sequence and model (the newest if a run wrote it twice), or None."""
+    rows = lookup(atlas_root, "structures", "sequence_sha256", sequence_sha256, model=model).to_pylist()
+    rows.sort(key=_newest_first)
+    return rows[0] if rows else None
 
 
 def fetch_entry(atlas_root: str | Path, key: str, model: str | None = None,
                 require_structure: bool = True) -> FoundEntry:
-    """Find an entry by accession, entryId or sequence SHA-256 (and model when ambiguous)."""
+    """Find an entry by accession, entryId or sequence SHA-256 (and model when ambiguous).
+
+    Lookups go through :mod:`storage.lookup`: in a warm process (a server, a notebook, a loop
+    over accessions) footers and statistics are cached and one row group per table is read.
+    """
     atlas = Atlas(atlas_root)
     atlas.require()
-    con = atlas.duckdb()
-    try:
-        # layout: one pruned lookup per key column; an OR across columns scans the table (storage/layout.py)
-        params: dict[str, Any] = {"key": key, **({"model": model} if model else {})}
-        sql = key_lookup_sql(f"read_parquet('{atlas.glob('entries')}', union_by_name=true)",
-                             ("accession", "entryId", "sequence_sha256"), model=bool(model))
-        found = con.sql(f"SELECT * FROM ({sql}) ORDER BY created_at DESC", params=params).to_arrow_table().to_pylist()
-        entries = list({(e["accession"], e["sequence_sha256"], e["model"]): e for e in found}.values())
-        if not entries:
-            raise EntryNotFound(f"No entry {key!r} in {atlas.uri}" + (f" for model {model}" if model else ""),
-                                hint="Check the accession with: foldatlas query ATLAS \"SELECT accession FROM entries\"")
-        models = sorted({e["model"] for e in entries})
-        if len(models) > 1:
-            raise AtlasError(f"{key!r} exists for several models {models}", hint="Pass --model NAME.")
-        entry = entries[0]
-        if require_structure and entry["status"] != "predicted":
-            raise AtlasError(f"{entry['entryId']}: prediction {entry['status']} ({entry.get('failure_reason')})",
-                             hint="See the failures table for the reason and message.")
-        structures = con.sql(
-            f"SELECT * FROM read_parquet('{atlas.glob('structures')}', union_by_name=true) "
-            "WHERE sequence_sha256 = ? AND model = ?", params=[entry["sequence_sha256"], entry["model"]]
-        ).to_arrow_table().to_pylist()
-    finally:
-        con.close()
-    if not structures and require_structure:
+    entries = find_entries(atlas.uri, key, model)
+    if not entries:
+        raise EntryNotFound(f"No entry {key!r} in {atlas.uri}" + (f" for model {model}" if model else ""),
+                            hint="Check the accession with: foldatlas query ATLAS \"SELECT accession FROM entries\"")
+    models = sorted({e["model"] for e in entries})
+    if len(models) > 1:
+        raise AtlasError(f"{key!r} exists for several models {models}", hint="Pass --model NAME.")
+    entry = entries[0]
+    if require_structure and entry["status"] != "predicted":
+        raise AtlasError(f"{entry['entryId']}: prediction {entry['status']} ({entry.get('failure_reason')})",
+                         hint="See the failures table for the reason and message.")
+    structure = find_structure(atlas.uri, entry["sequence_sha256"], entry["model"])
+    if structure is None and require_structure:
         raise AtlasError(f"{entry['entryId']}: entry points to a structure that is missing",
                          hint="The atlas is inconsistent; re-run the same input to repair it.")
-    return FoundEntry(atlas, entry, structures[0] if structures else {})
+    return FoundEntry(atlas, entry, structure or {})

@@ -88,10 +88,12 @@ class TableLayout:
 
 
 LAYOUTS: dict[str, TableLayout] = {
-    # ~0.5 kB per row compressed (sequence included): 64k rows ~ 30 MB raw, a few MB on disk.
-    "entries": TableLayout(("accession", "model"), ("accession", "entryId", "sequence_sha256"), 65_536),
-    # per-residue pLDDT lists (~1.2 kB raw per 300-residue row): keep row groups small.
-    "structures": TableLayout(("sequence_sha256", "model"), ("sequence_sha256",), 8_192),
+    # ~0.35 kB per row compressed, ~1 kB decoded (sequence included): 4,096 rows ~ 1.4 MB on disk,
+    # ~4 MB decoded by a SELECT * lookup (docs/benchmarks.md "Query speed and layout": 4,096 vs
+    # 8,192 / 16,384 / 65,536 rows measured; footers grow to ~1.7 MB per million rows).
+    "entries": TableLayout(("accession", "model"), ("accession", "entryId", "sequence_sha256"), 4_096),
+    # per-residue pLDDT lists (~1.2 kB raw per 300-residue row): row groups as small as entries'.
+    "structures": TableLayout(("sequence_sha256", "model"), ("sequence_sha256",), 4_096),
     "failures": TableLayout(("sequence_sha256", "model"), ("sequence_sha256",), 65_536),
     # A3M text: tens of kB per row.
     "msas": TableLayout(("msa_key",), ("msa_key", "sequence_sha256"), 1_024),

@@ -34,12 +34,25 @@ def test_query_speed_smoke(tmp_path: Path) -> None:
         assert r["lookup_accession"]["rows_found"] == r["lookup_accession"]["n"], layout
         assert r["lookup_structure_sha"]["rows_found"] == r["lookup_structure_sha"]["n"], layout
         assert r["get_warm"]["mmcif_bytes_median"] > 10_000 and r["aggregate_histogram"]["groups"] > 10
+    for layout in ("layout", "naive"):  # the fast path finds what the SQL finds
+        r = res[layout]
+        for q in ("lookup_accession", "lookup_structure_sha", "lookup_entries_sha", "lookup_projected"):
+            assert r[f"fast_{q}"]["rows_found"] == r[q]["rows_found"] == r[q]["n"], (layout, q)
+        assert r["get"]["mmcif_bytes_median"] == r["get_fetch_entry_old"]["mmcif_bytes_median"] > 10_000
+        assert r["ratios_old_over_new"]["get"] > 0
     assert res["layout"]["rows"] == {"entries": 4000, "structures": 4000}
-    assert res["layout"]["get_fetch_entry"]["n"] == 8
+    assert res["layout"]["get"]["n"] == 8
     assert res["naive_half"]["files"]["entries"] < res["naive"]["files"]["entries"]
     assert res["naive_extrapolated_to_full_size"]["files_per_table"] == 40
     comp = res["compaction_of_naive"]
     assert {t["table"] for t in comp["tables"]} == {"entries", "structures"}
     assert comp["after"]["rows"] == res["naive"]["rows"]
     assert comp["after"]["lookup_accession"]["rows_found"] == comp["after"]["lookup_accession"]["n"]
-    assert set(res["targets"]) == {"lookup_accession", "lookup_structure_sha", "get_warm", "aggregate_histogram"}
+    assert comp["after"]["fast_lookup_accession"]["rows_found"] == comp["after"]["lookup_accession"]["n"]
+    assert set(res["targets"]) == {"fast_lookup_accession", "fast_lookup_structure_sha", "get", "aggregate_histogram"}
+    assert res["cold_get"]["get_cold_new"]["n"] == 1 and res["cold_get"]["ratio_old_over_new"] > 0
+    for table in ("entries", "structures"):
+        sizes = res["row_groups"][table]["sizes"]
+        assert set(sizes) == {"256", "1024"} and sizes["256"]["row_groups"] == 6
+        for n in sizes.values():
+            assert n["fast_lookup"]["rows_found"] == n["duckdb_lookup_metadata_cache"]["rows_found"] == 8
