@@ -428,7 +428,8 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
             return
         if kind not in writers:
             plan.units_files[kind] = plan.root / f"units-{kind}.parquet"
-            writers[kind] = pq.ParquetWriter(plan.units_files[kind], UNITS_SCHEMA, compression="zstd")
+            writers[kind] = pq.ParquetWriter(plan.units_files[kind], UNITS_SCHEMA, compression="zstd",
+                                            use_dictionary=False)  # payloads and ids are unique
         cols = list(zip(*rows, strict=True))
         writers[kind].write_batch(pa.RecordBatch.from_arrays(
             [pa.array(cols[0], pa.string()), pa.array(cols[1], pa.large_binary()),

@@ -86,6 +86,8 @@ REJECTED_SCHEMA = pa.schema([
 ])
 REJECT_COLUMNS = REJECTED_SCHEMA.names[:8]
 #: ``replaced.parquet``: accepted rows replaced by their fragments (pipeline.oom_route.resume_fragmented).
+#: Accepted columns worth a Parquet dictionary (not the mostly unique strings: trying one costs time).
+_DICTIONARY_COLUMNS = [n for n in ACCEPTED_SCHEMA.names if n not in ("header", "accession", "sequence", "sha256")]
 REPLACED_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("sha256", _S)])
 _DUPS_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("note", _S)])
 
@@ -212,7 +214,8 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
     out = Path(out_dir)
     name = f"f{part.file_no:05d}-p{part.part_no:05d}.parquet"
     res = _PartResult(part.file_no, part.part_no)
-    acc_writer = pq.ParquetWriter(out / "accepted" / name, ACCEPTED_SCHEMA, compression="zstd", compression_level=1)
+    acc_writer = pq.ParquetWriter(out / "accepted" / name, ACCEPTED_SCHEMA, compression="zstd", compression_level=1,
+                                  use_dictionary=_DICTIONARY_COLUMNS)
     rej_writer = pq.ParquetWriter(out / "rejected" / name, REJECTED_SCHEMA, compression="zstd", compression_level=1)
     pending: list[pa.RecordBatch] = []  # accepted rows, in record order once sorted
     n_pending = 0
@@ -221,8 +224,10 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
 
     def flush(final: bool) -> None:
         nonlocal pending, n_pending
-        table = pa.Table.from_batches(pending, ACCEPTED_SCHEMA).sort_by([("record_index", "ascending"),
-                                                                         ("fragment", "ascending")])
+        table = pa.Table.from_batches(pending, ACCEPTED_SCHEMA)
+        order = table.column("record_index").to_numpy()
+        if np.any(order[1:] < order[:-1]):  # rows read one by one came after a block's clean rows
+            table = table.sort_by([("record_index", "ascending"), ("fragment", "ascending")])
         while table.num_rows >= batch_rows or (final and table.num_rows):
             acc_writer.write_table(table.slice(0, batch_rows), row_group_size=batch_rows)
             table = table.slice(batch_rows)
