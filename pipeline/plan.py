@@ -41,10 +41,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import PlanConfig
-from pipeline.ingest import AcceptedRecord, IngestPolicy, LiteRef, RejectedRecord, lite_from_record
+from pipeline.ingest import (
+    AcceptedRecord,
+    IngestPolicy,
+    LiteRef,
+    RejectedRecord,
+    lite_from_record,
+    record_from_lite,
+)
 from pipeline.msa_stage import MSASpec, MSAStat
 from storage.atlas import Atlas
 
@@ -235,8 +243,6 @@ class StreamPlan:
 
     def load_units(self, unit_ids: Iterable[str]) -> list[WorkUnit]:
         """The units with these ids, read back from the units files (lost units, crash failure rows)."""
-        import pyarrow.compute as pc
-
         want = pa.array(sorted(set(unit_ids)), pa.string())
         found: dict[str, WorkUnit] = {}
         for path in self.units_files.values():
@@ -428,7 +434,8 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
             return
         if kind not in writers:
             plan.units_files[kind] = plan.root / f"units-{kind}.parquet"
-            writers[kind] = pq.ParquetWriter(plan.units_files[kind], UNITS_SCHEMA, compression="zstd")
+            writers[kind] = pq.ParquetWriter(plan.units_files[kind], UNITS_SCHEMA, compression="zstd",
+                                            use_dictionary=False)  # payloads and ids are unique
         cols = list(zip(*rows, strict=True))
         writers[kind].write_batch(pa.RecordBatch.from_arrays(
             [pa.array(cols[0], pa.string()), pa.array(cols[1], pa.large_binary()),
@@ -502,34 +509,86 @@ def _write_units(con: Any, plan: StreamPlan, cfg: PlanConfig, long_above: int | 
 def build_units(table: pa.Table, ids: dict[int, str], model: str, long_above: int | None
                 ) -> list[tuple[str, str, bytes, int, int, int]]:
     """Whole units from rows sorted by unit: ``(kind, unit id, pickled WorkUnit, sequences, records,
-    residues)`` per unit after long-sequence routing (runs in planning's worker processes)."""
+    residues)`` per unit after long-sequence routing (runs in planning's worker processes).
+
+    A unit's payload holds its rows as Arrow IPC (:class:`_UnitRows`): it unpickles into the
+    WorkUnit, records built there (header fields, CRC64, MD5 computed by the Ray worker that loads
+    it, off the planning path), so planning makes no Python object per record. A unit that
+    straddles ``long_above`` is split by :func:`route_long` (new ids) from its records."""
+    out: list[tuple[str, str, bytes, int, int, int]] = []
+    n = table.num_rows
+    if not n:
+        return out
+    nos = table.column("unit_no").to_numpy()
+    lengths = table.column("length").to_numpy()
+    sha = table.column("sha256")
+    first = np.ones(n, np.bool_)  # the first row of a sequence (its rows are adjacent)
+    if n > 1:
+        first[1:] = pc.not_equal(sha.slice(1), sha.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, nos[1:] != nos[:-1]])
+    rows = table.select([*_unit_columns()])
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), n], strict=True):
+        uid, lens, firsts = ids[int(nos[start])], lengths[start:end], first[start:end].copy()
+        firsts[0] = True
+        part = rows.slice(start, end - start)
+        if long_above is not None and lens.min() <= long_above < lens.max():
+            for kind, units in zip(("normal", "long"), route_long([_work_unit(uid, model, part)], long_above),
+                                   strict=True):
+                out += [(kind, u.unit_id, pickle.dumps(u, protocol=5), len(u.sequences), len(u.records), u.residues)
+                        for u in units]
+            continue
+        kind = "long" if long_above is not None and lens.min() > long_above else "normal"
+        out.append((kind, uid, pickle.dumps(_UnitRows(uid, model, _ipc(part)), protocol=5), int(firsts.sum()),
+                    end - start, int(lens[firsts].sum())))
+    return out
+
+
+def _unit_columns() -> list[str]:
     from pipeline.spill import RECORD_COLUMNS
 
-    out: list[tuple[str, str, bytes, int, int, int]] = []
-    # records stay lite: they pickle as LiteRecord tuples and become AcceptedRecords when a Ray
-    # worker unpickles the unit (header fields, CRC64, MD5 computed there, off the planning path)
-    cols = [table.column(c).to_pylist() for c in RECORD_COLUMNS]
-    records: list[Any] = [LiteRef(values) for values in zip(*cols, strict=True)]
-    nos = table.column("unit_no").to_pylist()
-    keys, depths, neffs = (table.column(c).to_pylist() for c in ("msa_key", "msa_depth", "msa_neff"))
-    start = 0
-    for end in range(1, len(records) + 1):
-        if end < len(records) and nos[end] == nos[start]:
-            continue
-        current = records[start:end]
-        seqs: dict[str, str] = {}
-        cached: dict[str, MSAStat] = {}
-        for i, r in enumerate(current, start):
-            seqs.setdefault(r.sha256, r.sequence)
-            if keys[i] is not None:
-                cached[r.sha256] = MSAStat(keys[i], int(depths[i]), float(neffs[i]))
-        unit = WorkUnit(ids[nos[start]], model, tuple(seqs.values()), tuple(current),
-                        tuple((s, cached[s]) for s in seqs if s in cached))
-        for kind, part in zip(("normal", "long"), route_long([unit], long_above), strict=True):
-            out += [(kind, u.unit_id, pickle.dumps(u, protocol=5), len(u.sequences), len(u.records), u.residues)
-                    for u in part]
-        start = end
-    return out
+    return [*RECORD_COLUMNS, "msa_key", "msa_depth", "msa_neff"]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+class _UnitRows:
+    """A unit as its rows (:func:`_unit_columns`, Arrow IPC): pickles as the WorkUnit it unpickles into."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, unit_id: str, model: str, rows: bytes) -> None:
+        self.args = (unit_id, model, rows)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return unit_from_rows, self.args
+
+
+def unit_from_rows(unit_id: str, model: str, rows: bytes) -> WorkUnit:
+    """The WorkUnit of a unit's rows (what a :class:`_UnitRows` payload unpickles into)."""
+    return _work_unit(unit_id, model, pa.ipc.open_stream(rows).read_all(), lite=False)
+
+
+def _work_unit(unit_id: str, model: str, rows: pa.Table, lite: bool = True) -> WorkUnit:
+    """The WorkUnit of rows of one unit (:func:`_unit_columns`), records in row order; ``lite``:
+    LiteRefs (pickle as their AcceptedRecords), else AcceptedRecords."""
+    from pipeline.spill import RECORD_COLUMNS
+
+    cols = [rows.column(c).to_pylist() for c in RECORD_COLUMNS]
+    records: list[Any] = [LiteRef(v) if lite else record_from_lite(v) for v in zip(*cols, strict=True)]
+    keys, depths, neffs = (rows.column(c).to_pylist() for c in ("msa_key", "msa_depth", "msa_neff"))
+    seqs: dict[str, str] = {}
+    cached: dict[str, MSAStat] = {}
+    for i, r in enumerate(records):
+        seqs.setdefault(r.sha256, r.sequence)
+        if keys[i] is not None:
+            cached[r.sha256] = MSAStat(keys[i], int(depths[i]), float(neffs[i]))
+    return WorkUnit(unit_id, model, tuple(seqs.values()), tuple(records),
+                    tuple((s, cached[s]) for s in seqs if s in cached))
 
 
 # --------------------------------------------------------------------------------------------

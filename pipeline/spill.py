@@ -60,7 +60,7 @@ from pipeline.ingest import (
     lite_from_record,
     record_from_lite,
 )
-from pipeline.scan import BLOCK, fast_path_ok, line_ends, record_starts, reread, scan
+from pipeline.scan import BLOCK, CleanRecords, fast_path_ok, line_ends, record_starts, reread, scan_blocks
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ REJECTED_SCHEMA = pa.schema([
 ])
 REJECT_COLUMNS = REJECTED_SCHEMA.names[:8]
 #: ``replaced.parquet``: accepted rows replaced by their fragments (pipeline.oom_route.resume_fragmented).
+#: Accepted columns worth a Parquet dictionary (not the mostly unique strings: trying one costs time).
+_DICTIONARY_COLUMNS = [n for n in ACCEPTED_SCHEMA.names if n not in ("header", "accession", "sequence", "sha256")]
 REPLACED_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("sha256", _S)])
 _DUPS_SCHEMA = pa.schema([pa.field("file_no", pa.int32()), pa.field("record_index", _I), pa.field("note", _S)])
 
@@ -212,42 +214,78 @@ def _scan_part(part: _Part, policy_json: str, out_dir: str, batch_rows: int) -> 
     out = Path(out_dir)
     name = f"f{part.file_no:05d}-p{part.part_no:05d}.parquet"
     res = _PartResult(part.file_no, part.part_no)
-    acc_writer = pq.ParquetWriter(out / "accepted" / name, ACCEPTED_SCHEMA, compression="zstd", compression_level=1)
+    acc_writer = pq.ParquetWriter(out / "accepted" / name, ACCEPTED_SCHEMA, compression="zstd", compression_level=1,
+                                  use_dictionary=_DICTIONARY_COLUMNS)
     rej_writer = pq.ParquetWriter(out / "rejected" / name, REJECTED_SCHEMA, compression="zstd", compression_level=1)
-    rows: list[tuple[Any, ...]] = []
+    pending: list[pa.RecordBatch] = []  # accepted rows, in record order once sorted
+    n_pending = 0
     rejects: list[RejectedRecord] = []
     above = policy.fragment_above
+
+    def flush(final: bool) -> None:
+        nonlocal pending, n_pending
+        table = pa.Table.from_batches(pending, ACCEPTED_SCHEMA)
+        order = table.column("record_index").to_numpy()
+        if np.any(order[1:] < order[:-1]):  # rows read one by one came after a block's clean rows
+            table = table.sort_by([("record_index", "ascending"), ("fragment", "ascending")])
+        while table.num_rows >= batch_rows or (final and table.num_rows):
+            acc_writer.write_table(table.slice(0, batch_rows), row_group_size=batch_rows)
+            table = table.slice(batch_rows)
+        pending, n_pending = table.to_batches(), table.num_rows
+
     try:
-        for item, offset, length, sub in scan(part.source, policy, start=part.start, end=part.end,
-                                              index=part.index, line=part.line):
-            res.read += 1
-            if type(item) is tuple or isinstance(item, AcceptedRecord):
-                res.accepted += 1
-                values = item if isinstance(item, tuple) else lite_from_record(item)
-                if above is not None and values[6] > above:
-                    whole = values[7]
-                    frags = fragment_record(record_from_lite(values), policy)
-                    res.fragment_rows += len(frags) if len(frags) > 1 else 0
-                    rows += [(*lite_from_record(f), part.file_no, whole, False, offset, length, sub) for f in frags]
+        for blk in scan_blocks(part.source, policy, start=part.start, end=part.end, index=part.index, line=part.line):
+            if blk.clean is not None:
+                res.read += len(blk.clean)
+                res.accepted += len(blk.clean)
+                pending.append(clean_batch(blk.clean, part.source, part.file_no))
+                n_pending += len(blk.clean)
+            rows: list[tuple[Any, ...]] = []
+            for item, offset, length, sub in blk.others:
+                res.read += 1
+                if type(item) is tuple or isinstance(item, AcceptedRecord):
+                    res.accepted += 1
+                    values = item if isinstance(item, tuple) else lite_from_record(item)
+                    if above is not None and values[6] > above:
+                        whole = values[7]
+                        frags = fragment_record(record_from_lite(values), policy)
+                        res.fragment_rows += len(frags) if len(frags) > 1 else 0
+                        rows += [(*lite_from_record(f), part.file_no, whole, False, offset, length, sub) for f in frags]
+                    else:
+                        rows.append((*values, part.file_no, None, False, offset, length, sub))
                 else:
-                    rows.append((*values, part.file_no, None, False, offset, length, sub))
-                if len(rows) >= batch_rows:
-                    acc_writer.write_batch(accepted_batch(rows, part.source), row_group_size=batch_rows)
-                    rows = []
-            else:
-                res.rejected[item.code] += 1
-                rejects.append(item)
-                if len(rejects) >= batch_rows:
-                    rej_writer.write_batch(rejected_batch(rejects, part.file_no))
-                    rejects = []
-        if rows:
-            acc_writer.write_batch(accepted_batch(rows, part.source), row_group_size=batch_rows)
+                    res.rejected[item.code] += 1
+                    rejects.append(item)
+                    if len(rejects) >= batch_rows:
+                        rej_writer.write_batch(rejected_batch(rejects, part.file_no))
+                        rejects = []
+            if rows:
+                pending.append(accepted_batch(rows, part.source))
+                n_pending += len(rows)
+            if n_pending >= batch_rows:
+                flush(False)
+        if n_pending:
+            flush(True)
         if rejects:
             rej_writer.write_batch(rejected_batch(rejects, part.file_no))
     finally:
         acc_writer.close()
         rej_writer.close()
     return res
+
+
+def clean_batch(clean: CleanRecords, source: str, file_no: int) -> pa.RecordBatch:
+    """A batch of :data:`ACCEPTED_SCHEMA` of a block's clean records (:class:`pipeline.scan.CleanRecords`)."""
+    n = len(clean)
+    ones = np.ones(n, np.int64)
+    return pa.RecordBatch.from_arrays([
+        pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([source])),
+        pa.array(clean.record_index), pa.array(clean.line), clean.header, clean.accession, clean.sequence,
+        pa.array(clean.length), clean.sha256,
+        pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], _S)),
+        pa.array(ones), pa.array(ones), pa.array(np.full(n, file_no, np.int32)), pa.nulls(n, _S),
+        pa.array(np.zeros(n, np.bool_)), pa.array(clean.chunk_offset), pa.array(clean.chunk_length),
+        pa.array(np.zeros(n, np.int32))], schema=ACCEPTED_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------

@@ -135,3 +135,45 @@ def test_fragment_fields_survive_the_spill_and_the_units_file(tmp_path: Path):
     sp = plan_run(spill, atlas, MODEL, PlanConfig(), tmp_path / "plan")
     recs = [r for u in sp.iter_units() for r in u.records]
     assert len(recs) > 1 and all(r.whole_sha256 == whole.sha256 and not r.oom_split for r in recs)
+
+
+def test_unit_payloads_unpickle_into_the_units_of_their_records(tmp_path: Path) -> None:
+    """``build_units`` pickles a unit as its rows (Arrow IPC): the payload unpickles into the
+    WorkUnit built from AcceptedRecords (sequences in row order, MSA stats, fragment fields); a unit
+    that straddles ``long_above`` is split by ``route_long`` as before."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.ingest import lite_from_record
+    from pipeline.msa_stage import MSAStat
+    from pipeline.plan import WorkUnit, build_units, route_long
+    from pipeline.spill import accepted_batch
+
+    recs = sorted((r for r in ingest_many([str(Path("tests/data/uniprot/sample.fasta"))]).accepted),
+                  key=lambda r: (r.length, r.sha256))[:12]
+    recs = [recs[0], recs[0], *recs[1:]]  # a sequence with two records (rows adjacent)
+    rows = [(*lite_from_record(r), 0, "ab" * 32 if k == 3 else None, k == 3, -1, -1, 0) for k, r in enumerate(recs)]
+    table = pa.Table.from_batches([accepted_batch(rows, recs[0].source)])
+    keys = [f"k{k}" if k % 4 == 1 else None for k in range(len(recs))]
+    table = (table.append_column("msa_key", pa.array(keys, pa.string()))
+             .append_column("msa_depth", pa.array([7 if k else None for k in keys], pa.int64()))
+             .append_column("msa_neff", pa.array([1.5 if k else None for k in keys], pa.float64()))
+             .append_column("unit_no", pa.array(np.repeat([0, 1, 2], [3, 5, len(recs) - 8]))))
+    ids = {0: "u0", 1: "u1", 2: "u2"}
+    above = recs[5].length  # unit 1 straddles it
+    assert recs[4].length <= above < recs[7].length
+    got = [(kind, uid, pickle.loads(payload), n_seq, n_rec, res)
+           for kind, uid, payload, n_seq, n_rec, res in build_units(table, ids, MODEL, above)]
+    expected = []
+    for no, (a, b) in enumerate([(0, 3), (3, 8), (8, len(recs))]):
+        members = [r if k != 3 else r.__class__(**{**{f: getattr(r, f) for f in r.__dataclass_fields__},
+                                                  "whole_sha256": "ab" * 32, "oom_split": True})
+                   for k, r in enumerate(recs[a:b], a)]
+        seqs = list(dict.fromkeys(r.sequence for r in members))
+        cached = {r.sha256: MSAStat(keys[k], 7, 1.5) for k, r in enumerate(members, a) if keys[k]}
+        unit = WorkUnit(ids[no], MODEL, tuple(seqs), tuple(members),
+                        tuple((s, cached[s]) for s in dict.fromkeys(r.sha256 for r in members) if s in cached))
+        for kind, part in zip(("normal", "long"), route_long([unit], above), strict=True):
+            expected += [(kind, u.unit_id, u, len(u.sequences), len(u.records), u.residues) for u in part]
+    assert got == expected
+    assert [g[0] for g in got] == ["normal", "normal", "long", "long"]
