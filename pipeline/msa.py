@@ -253,7 +253,8 @@ def _hmmer_version() -> str:
     return f"pyhmmer {pyhmmer.__version__} (HMMER {core})"
 
 
-def _threads(n: int | None) -> int:
+def resolve_threads(n: int | None) -> int:
+    """``n`` when positive, else the cores this process may run on."""
     if n is not None and n > 0:
         return n
     try:
@@ -338,7 +339,7 @@ def build_msa_db(
     staging.mkdir()
     try:
         if tool == "mmseqs2":
-            count = _build_mmseqs(paths, staging, index=index, threads=_threads(threads))
+            count = _build_mmseqs(paths, staging, index=index, threads=resolve_threads(threads))
         else:
             count = _build_hmmer(paths, staging)
         files = tuple(DatabaseFile(f.name, f.stat().st_size) for f in sorted(staging.iterdir()) if f.is_file())
@@ -617,7 +618,7 @@ def search_mmseqs(queries: Sequence[tuple[str, str]], db: MSADatabase, params: M
     if installed != db.tool_version:
         logger.warning("database %s was built with mmseqs %s, searching with mmseqs %s",
                        db.name, db.tool_version, installed)
-    threads = str(_threads(params.threads))
+    threads = str(resolve_threads(params.threads))
     target = str(db.target)
     with scratch_dir("foldatlas-mmseqs-") as tmp:
         fasta = tmp / "queries.fasta"
@@ -703,7 +704,7 @@ def search_hmmer(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MS
     out: dict[str, str] = {}
     try:
         results = hmmer.jackhmmer(digital, targets, max_iterations=params.n_iterations,
-                                  cpus=_threads(params.threads), E=evalue, domE=evalue,
+                                  cpus=resolve_threads(params.threads), E=evalue, domE=evalue,
                                   incE=evalue, incdomE=evalue)
         result: Any
         for (qid, seq), result in zip(queries, results, strict=True):

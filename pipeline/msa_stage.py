@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ def make_spec(cfg: Any) -> MSASpec:
 
 def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSASpec) -> MSAUnitResult:
     """Search every sequence (sha256 -> sequence) not in ``cached``; one batched search call."""
-    from pipeline.msa import load_msa_db, search
+    from pipeline.msa import load_msa_db, resolve_threads, search
     from storage.a3m import msa_depth, msa_neff, parse_a3m
 
     result = MSAUnitResult(stats=dict(cached))
@@ -106,14 +107,24 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
         elapsed = time.perf_counter() - start
         total = sum(len(s) for s in todo.values())
         result.searched = len(queries)
+
+        def score(text: str) -> tuple[int, float]:
+            a3m = parse_a3m(text)
+            return msa_depth(a3m), float(msa_neff(a3m))
+
+        # Depth and Neff of every MSA, on as many threads as the search used: the Neff kernel
+        # releases the GIL, so this step uses the cores the search leaves idle when it ends.
+        present = [sha for sha in todo if found.get(sha) is not None]
+        with ThreadPoolExecutor(max_workers=max(1, min(resolve_threads(spec.params.threads), len(present) or 1)),
+                                thread_name_prefix="msa-neff") as pool:
+            scores = dict(zip(present, pool.map(score, [found[sha] for sha in present]), strict=True))
         for sha, seq in todo.items():
-            text = found.get(sha)
-            if text is None:
+            if sha not in scores:
                 result.failed[sha] = "search returned no alignment for this query"
                 continue
-            a3m = parse_a3m(text)
-            result.a3m[sha] = text
-            result.stats[sha] = MSAStat(spec.key(sha), msa_depth(a3m), float(msa_neff(a3m)))
+            result.a3m[sha] = found[sha]
+            depth, neff = scores[sha]
+            result.stats[sha] = MSAStat(spec.key(sha), depth, neff)
             result.seconds[sha] = elapsed * len(seq) / total
         return result
     result.failed.update({sha: error or "search failed" for sha in todo})

@@ -2,37 +2,79 @@
 
 Kept apart so that importing :mod:`storage.a3m` does not import numba; the first call in a process
 compiles the kernel (a few seconds) or loads it from numba's cache (``__pycache__`` next to this
-file, or ``NUMBA_CACHE_DIR``).
+file, or ``NUMBA_CACHE_DIR``). The chunk width is a compile-time constant (a closure variable,
+part of numba's cache key): with it the column loop has a constant trip count that LLVM unrolls
+and vectorises, about 2.5x faster than the same loop with the width passed at run time.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def add_close_pairs(codes: np.ndarray, gaps_255: np.ndarray, n_res: np.ndarray, both: np.ndarray,
-                    mult: np.ndarray, identity: float, start: int, stop: int, end: int,
-                    cluster: np.ndarray) -> None:  # pragma: no cover - compiled
-    """For rows ``i`` in ``[start, stop)`` and ``j`` in ``(i, end)``: if identity(i, j) >= ``identity``,
-    add ``mult[j]`` to ``cluster[i]`` and ``mult[i]`` to ``cluster[j]``.
+@functools.cache
+def close_pairs_kernel(chunk: int) -> Callable[..., None]:
+    """The pair kernel compiled for ``chunk`` columns between two early-termination tests."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
 
-    ``codes`` (n, L) uint8 has gaps 0, ``gaps_255`` the same rows with gaps 255, so ``codes[i, c]
-    == gaps_255[j, c]`` holds exactly where both rows have the same residue. ``both[i - start, j -
-    start]`` is the number of columns that are residues in both rows, ``n_res`` each row's residue
-    count, so the union is ``n_res[i] + n_res[j] - both``; an empty union (two all-gap rows) counts
-    as identity 1.
-    """
-    width = codes.shape[1]
-    for i in range(start, stop):
-        a = codes[i]
-        for j in range(i + 1, end):
-            b = gaps_255[j]
-            matches = np.int32(0)
-            for c in range(width):
-                matches += np.int32(a[c] == b[c])
-            union = n_res[i] + n_res[j] - np.int64(both[i - start, j - start])
-            if union == 0 or matches / union >= identity:
-                cluster[i] += mult[j]
-                cluster[j] += mult[i]
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def add_close_pairs(codes: np.ndarray, gaps_255: np.ndarray, n_res: np.ndarray, rest: np.ndarray,
+                        mult: np.ndarray, identity: float, start: int, stop: int, end: int,
+                        cluster: np.ndarray) -> None:  # pragma: no cover - compiled
+        """For rows ``i`` in ``[start, stop)`` and ``j`` in ``(i, end)``: if identity(i, j) >=
+        ``identity``, add ``mult[j]`` to ``cluster[i]`` and ``mult[i]`` to ``cluster[j]``.
+
+        ``codes`` (n, L) uint8 has gaps 0, ``gaps_255`` the same rows with gaps 255, so ``codes[i,
+        c] == gaps_255[j, c]`` holds exactly where both rows have the same residue, and ``codes[i, c]
+        != 0 and gaps_255[j, c] != 255`` where both have a residue. ``n_res`` is each row's residue
+        count, so the union of residue columns is ``n_res[i] + n_res[j] - both``; an empty union
+        (two all-gap rows) counts as identity 1.
+
+        Columns are compared ``chunk`` at a time; ``rest[i, k]`` is the number of residues of row
+        ``i`` in the columns from ``k * chunk`` on. After each chunk at most ``r = min(rest[i, k +
+        1], rest[j, k + 1])`` more columns can be residues in both rows (and so matches), so the pair
+        can still reach the threshold only if ``matches + r >= identity * (n_i + n_j - both - r)``;
+        when it cannot, the pair is dropped without reading its other columns. That test is widened
+        by a relative 1e-9 so that rounding never drops a pair sitting exactly on the threshold; the
+        final decision is the definition's own ``matches / union >= identity``.
+        """
+        width = codes.shape[1]
+        n_chunks = (width + chunk - 1) // chunk
+        slack = 1.0 - 1e-9
+        for i in range(start, stop):
+            a = codes[i]
+            n_i = n_res[i]
+            for j in range(i + 1, end):
+                n_j = n_res[j]
+                if n_i + n_j == 0:
+                    cluster[i] += mult[j]
+                    cluster[j] += mult[i]
+                    continue
+                b = gaps_255[j]
+                matches = np.int64(0)
+                both = np.int64(0)
+                close = True
+                for k in range(n_chunks):
+                    lo = k * chunk
+                    hi = min(width, lo + chunk)
+                    m = np.int32(0)
+                    r = np.int32(0)
+                    for c in range(lo, hi):
+                        m += np.int32(a[c] == b[c])
+                        r += np.int32((a[c] != 0) & (b[c] != 255))
+                    matches += m
+                    both += r
+                    left = min(rest[i, k + 1], rest[j, k + 1])
+                    if matches + left < identity * (n_i + n_j - both - left) * slack:
+                        close = False
+                        break
+                if close and matches / (n_i + n_j - both) >= identity:
+                    cluster[i] += mult[j]
+                    cluster[j] += mult[i]
+
+    return add_close_pairs

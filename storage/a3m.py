@@ -294,8 +294,11 @@ def msa_neff(a3m: A3M, identity: float = 0.8) -> float:
     return neff_of_aligned(a3m.aligned(), identity)
 
 
-#: Budget for the largest per-block working arrays of :func:`neff_of_aligned` (bytes).
-_NEFF_BLOCK_BYTES = 32 * 1024 * 1024
+#: Rows per call of the compiled kernel: the later rows a block meets are bounded by the residue
+#: count of its longest row (see :func:`neff_of_aligned`), so smaller blocks skip more pairs.
+_NEFF_ROW_BLOCK = 256
+#: Columns compared between two early-termination tests of a pair.
+_NEFF_CHUNK = 64
 
 
 def _encode(rows: Sequence[str]) -> np.ndarray:
@@ -311,17 +314,18 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
     """Neff of aligned rows (equal length, gaps ``-``, no insertions): see :func:`msa_neff`.
 
     Exact. Identical rows are merged first (each unique row weighted by its multiplicity). For
-    every pair of unique rows the compiled kernel :func:`storage._neff_kernel.add_close_pairs`
-    counts equal residues byte by byte (gaps coded 0 in one copy of the rows and 255 in the other,
-    so a gap never equals anything); the columns that are residues in both rows come from a
-    float32 matrix product of the residue masks, one block of rows at a time (no array larger than
-    about ``_NEFF_BLOCK_BYTES``). Identity and threshold are compared as ``matches / union >=
-    identity`` in float64, the definition's own arithmetic.
+    every pair of unique rows the compiled kernel of :func:`storage._neff_kernel.close_pairs_kernel`
+    counts equal residues and residues in both rows byte by byte (gaps coded 0 in one copy of the
+    rows and 255 in the other, so a gap never equals anything), ``_NEFF_CHUNK`` columns at a time,
+    and drops the pair as soon as the columns left cannot bring it to the threshold. Identity and
+    threshold are compared as ``matches / union >= identity`` in float64, the definition's own
+    arithmetic.
 
     Rows are sorted by their residue count ``n`` first: ``identity(a, b) <= min(n_a, n_b) /
     max(n_a, n_b)`` (matches are at most the shorter row's residues, the union at least the longer
-    row's), so a block only meets the later rows with ``n <= max n in the block / identity``; in
-    MSAs whose hits cover the query to very different extents that skips most pairs.
+    row's), so a block of ``_NEFF_ROW_BLOCK`` rows only meets the later rows with ``n <= max n in
+    the block / identity``; in MSAs whose hits cover the query to very different extents that skips
+    most pairs. The kernel releases the GIL, so several MSAs can be scored in parallel threads.
     """
     if not rows:
         return 0.0
@@ -332,7 +336,7 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
         raise MSAError("aligned rows differ in length")
     if width == 0:
         return 1.0  # all rows are empty, hence equal: one cluster
-    from storage._neff_kernel import add_close_pairs  # numba: compiled (and cached) on first use
+    from storage._neff_kernel import close_pairs_kernel  # numba: compiled (and cached) on first use
 
     counts = Counter(rows)
     codes = _encode(list(counts))
@@ -341,9 +345,14 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
     codes, n_res = np.ascontiguousarray(codes[order]), n_res[order]
     mult = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[order]
     gaps_255 = np.where(codes == 0, np.uint8(255), codes)  # ASCII residues are < 128
-    residues = (codes != 0).astype(np.float32)
-    n = codes.shape[0]
-    row_block = max(1, min(n, _NEFF_BLOCK_BYTES // (4 * n)))
+    n, width = codes.shape
+    chunk = max(1, _NEFF_CHUNK)
+    add_close_pairs = close_pairs_kernel(chunk)
+    n_chunks = -(-width // chunk)
+    per_chunk = np.add.reduceat((codes != 0).view(np.uint8), np.arange(0, width, chunk), axis=1, dtype=np.int64)
+    rest = np.zeros((n, n_chunks + 1), dtype=np.int64)  # residues from chunk k on
+    rest[:, :n_chunks] = np.cumsum(per_chunk[:, ::-1], axis=1)[:, ::-1]
+    row_block = max(1, _NEFF_ROW_BLOCK)
     cluster = mult.copy()  # every row is close to itself and to its duplicates
     for start in range(0, n, row_block):
         stop = min(n, start + row_block)
@@ -352,6 +361,5 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
         # division never drops a pair whose identity is exactly the threshold.
         end = n if identity <= 0.0 else max(stop, int(np.searchsorted(
             n_res, n_res[stop - 1] / identity * (1.0 + 1e-9), side="right")))
-        both = residues[start:stop] @ residues[start:end].T  # exact: counts < 2**24
-        add_close_pairs(codes, gaps_255, n_res, both, mult, float(identity), start, stop, end, cluster)
+        add_close_pairs(codes, gaps_255, n_res, rest, mult, float(identity), start, stop, end, cluster)
     return float(np.sum(mult / cluster))

@@ -116,15 +116,21 @@ def assert_exactly_once(atlas: Path, valid: dict[str, str]) -> None:
     assert _rows(atlas, "SELECT count(*) FROM failures") == [(0,)]
 
 
-def _fold_actor_pids() -> list[int]:
+def _fold_actor_pids(driver_pid: int) -> list[int]:
+    """Fold-actor processes of the run whose driver is ``driver_pid``: its local Ray's workers are
+    the driver's descendants (raylet children), so other Ray sessions on the machine are left alone."""
+    try:
+        procs = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.Error:
+        return []
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in procs:
         try:
-            cmd = " ".join(proc.info["cmdline"] or ())
-        except (psutil.Error, TypeError):
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
             continue
         if cmd.startswith("ray::") and FOLD_ACTOR_TAG in cmd:
-            pids.append(proc.info["pid"])
+            pids.append(proc.pid)
     return pids
 
 
@@ -150,7 +156,7 @@ def test_fold_actors_killed_at_random_five_times(tmp_path: Path):
     def killer() -> None:
         while proc.poll() is None and len(kills) < 8:
             time.sleep(rng.uniform(2.0, 7.0))
-            pids = _fold_actor_pids()
+            pids = _fold_actor_pids(proc.pid)
             if not pids or proc.poll() is not None:
                 continue
             pid = rng.choice(pids)

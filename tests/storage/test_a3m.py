@@ -239,21 +239,27 @@ def alignments(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(alignments(), st.sampled_from([0.0, 0.3, 0.5, 0.62, 0.8, 0.9, 1.0]))
-def test_neff_equals_direct_computation(rows, threshold):
-    assert neff_of_aligned(rows, threshold) == pytest.approx(_slow_neff(rows, threshold), rel=1e-12)
+@given(alignments(), st.sampled_from([0.0, 0.3, 0.5, 0.62, 0.8, 0.9, 1.0]), st.sampled_from([1, 2, 5, 64]))
+def test_neff_equals_direct_computation(rows, threshold, chunk):
+    old = a3m_mod._NEFF_CHUNK
+    try:
+        a3m_mod._NEFF_CHUNK = chunk  # columns per early-termination test of a pair
+        assert neff_of_aligned(rows, threshold) == pytest.approx(_slow_neff(rows, threshold), rel=1e-12)
+    finally:
+        a3m_mod._NEFF_CHUNK = old
 
 
 @settings(max_examples=60, deadline=None)
 @given(alignments())
 def test_neff_blocks_do_not_change_the_result(rows):
     full = neff_of_aligned(rows, 0.8)
-    old = a3m_mod._NEFF_BLOCK_BYTES
+    old = a3m_mod._NEFF_ROW_BLOCK, a3m_mod._NEFF_CHUNK
     try:
-        a3m_mod._NEFF_BLOCK_BYTES = 1  # one row and one feature per block
-        assert neff_of_aligned(rows, 0.8) == pytest.approx(full, rel=1e-12)
+        for block, chunk in ((1, 1), (1, 3), (2, 64)):  # early termination after every column, ...
+            a3m_mod._NEFF_ROW_BLOCK, a3m_mod._NEFF_CHUNK = block, chunk
+            assert neff_of_aligned(rows, 0.8) == pytest.approx(full, rel=1e-12)
     finally:
-        a3m_mod._NEFF_BLOCK_BYTES = old
+        a3m_mod._NEFF_ROW_BLOCK, a3m_mod._NEFF_CHUNK = old
 
 
 def test_neff_simple_values():
