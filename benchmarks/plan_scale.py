@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--smoke", action="store_true", help="20,000 records; writes --out only when given")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--reuse-input", action="store_true",
-                    help="measure on the files a previous --keep (or generate()) left in --workdir")
+                    help="measure on the files a previous --keep (or generate()) left in --workdir; keeps them")
     ap.add_argument("--plan-once", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.plan_once:
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["runs"][str(n)] = entry
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    if not args.keep:
+    if not args.keep and not args.reuse_input:  # files a run was asked to reuse stay for the next one
         shutil.rmtree(args.workdir, ignore_errors=True)
     return entry
 
