@@ -108,9 +108,11 @@ def test_an_atlas_the_cluster_cannot_see_is_refused(client_cluster, tmp_path):
 
 def test_ctrl_c_stops_the_remote_driver_and_the_rerun_resumes(client_cluster, tmp_path):
     address, env, _ = client_cluster
-    fasta = _fasta(tmp_path, 0, 16)
+    # all 40 sample sequences, one unit each: the run goes on well after its first publish (with 16,
+    # an idle machine finished the run between the first entries file and the Ctrl-C, exit 0)
+    fasta = _fasta(tmp_path, 0, 40)
     atlas = tmp_path / "atlas"
-    cfg = tiny_config(tmp_path, 300)  # one unit per sequence: the run takes a while
+    cfg = tiny_config(tmp_path, 300)
     proc = subprocess.Popen(_cli(fasta, atlas, address, cfg), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
@@ -119,6 +121,7 @@ def test_ctrl_c_stops_the_remote_driver_and_the_rerun_resumes(client_cluster, tm
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the run finished before the Ctrl-C reached it: give it more work"
     assert proc.returncode == 130 and "stopping the driver on the cluster" in out and "Traceback" not in out
     partial = _entries(atlas)
     accepted = sorted(r.accession for r in ingest_many([str(fasta)]).accepted)
