@@ -115,7 +115,7 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
         # Depth and Neff of every MSA, on as many threads as the search used: the Neff kernel
         # releases the GIL, so this step uses the cores the search leaves idle when it ends.
         present = [sha for sha in todo if found.get(sha) is not None]
-        with ThreadPoolExecutor(max_workers=max(1, min(resolve_threads(spec.params.threads), len(present) or 1)),
+        with ThreadPoolExecutor(max_workers=max(1, min(resolve_threads(spec.params.threads), len(present))),
                                 thread_name_prefix="msa-neff") as pool:
             scores = dict(zip(present, pool.map(score, [found[sha] for sha in present]), strict=True))
         for sha, seq in todo.items():
