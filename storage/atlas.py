@@ -29,6 +29,7 @@ died (same host, process gone) or whose heartbeat is older than :data:`S3_LOCK_L
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -207,9 +208,8 @@ class Atlas:
         if not staging.exists():
             return 0
         n = 0
-        for d in staging.iterdir():
-            shutil.rmtree(d, ignore_errors=False)
-            n += 1
+        for d in list(staging.iterdir()):
+            n += 1 if _remove_dead_run_dir(d) else 0
         return n
 
     def upload_staged(self, run_id: str, local_paths: dict[str, str]) -> dict[str, str]:
@@ -321,3 +321,33 @@ def _s3_lock(store: S3Store, lease_s: float = S3_LOCK_LEASE_S) -> Iterator[None]
         stop.set()
         thread.join(timeout=5)
         store.delete("_lock")
+
+
+def _remove_dead_run_dir(d: Path, attempts: int = 5) -> bool:
+    """Remove a dead run's staging directory, even while its last workers still write into it.
+
+    A killed driver's actors can outlive it by a few seconds (the lock died with the driver), and
+    a file they create during ``rmtree`` makes it fail with "Directory not empty". So the directory
+    is first renamed aside (the workers' later writes to the old path then fail or land in a fresh
+    directory, which the next clean-up removes; nothing in staging is ever published without the
+    driver), then removed, retrying while files keep appearing. Returns False when the directory
+    vanished meanwhile; raises only if it still cannot be removed after ``attempts`` tries."""
+    if d.name.startswith(".removing-"):
+        target = d
+    else:
+        target = d.with_name(f".removing-{d.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            d.rename(target)
+        except FileNotFoundError:
+            return False
+    for i in range(attempts):
+        try:
+            shutil.rmtree(target)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    return True

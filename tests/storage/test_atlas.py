@@ -63,3 +63,42 @@ def test_atlas_locations(tmp_path):
     with pytest.raises(AtlasError, match="unsupported location"):
         Atlas("gs://bucket/atlas")
     assert Atlas(tmp_path / "a").is_local
+
+
+def test_clean_staging_while_a_dead_runs_worker_still_writes(tmp_path):
+    """A killed driver's write actor can outlive it and keep creating files in its staging
+    directory; the next run's clean-up must neither fail nor leave the directory behind."""
+    import threading
+
+    atlas = Atlas(tmp_path / "atlas")
+    atlas.init()
+    run_dir = atlas.staging_dir("dead")
+    stop = threading.Event()
+    written = []
+
+    def zombie_writer() -> None:
+        i = 0
+        while not stop.is_set():
+            d = run_dir / "structures" / f"u{i % 7}"
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"f{i}.parquet").write_bytes(b"x" * 64)
+                written.append(i)
+            except OSError:
+                pass  # its directory was renamed away or removed under it: what a zombie sees
+            i += 1
+
+    for i in range(200):
+        (run_dir / "entries").mkdir(parents=True, exist_ok=True)
+        (run_dir / "entries" / f"e{i}.parquet").write_bytes(b"y")
+    t = threading.Thread(target=zombie_writer)
+    t.start()
+    try:
+        for _ in range(20):
+            atlas.clean_staging()  # the old plain rmtree raised "Directory not empty" here
+    finally:
+        stop.set()
+        t.join()
+    assert written, "the writer never ran"
+    atlas.clean_staging()
+    assert not list((atlas.root / "_staging").iterdir())
