@@ -13,6 +13,7 @@ The class is plain Python so that it is tested without Ray; :func:`remote_tracke
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,37 +75,62 @@ def report_stage(tracker: Any, stage: str, sequences: int, residues: int, second
         tracker.record.remote(stage, sequences, residues, seconds)
 
 
-def timeline_point(snapshot: dict[str, Any], stages: tuple[str, ...], planned: int) -> dict[str, Any]:
-    """One sample: cumulative sequences per stage and the queue in front of each stage."""
+def _planned(planned: int | Mapping[str, int], stage: str) -> int:
+    return planned if isinstance(planned, int) else planned[stage]
+
+
+def timeline_point(snapshot: dict[str, Any], stages: tuple[str, ...], planned: int | Mapping[str, int]
+                   ) -> dict[str, Any]:
+    """One sample: cumulative sequences per stage and the queue in front of each stage.
+
+    ``planned``: the sequences each stage will handle in the whole run, one number for all stages or
+    one per stage (they differ once out-of-memory passes fold sequences again, see
+    :func:`grow_planned`). In front of the first stage the queue is what is planned for it and not
+    yet handled; in front of a later one, what it has left minus what the stage before still has to
+    hand it (with one total for all stages: what the stage before has handled and this one has not).
+    """
     done = {s: snapshot["stages"][s]["sequences"] for s in stages}
     queue = {}
-    before = planned
+    upstream_left = 0  # what the stage before has still to handle
     for s in stages:
-        queue[s] = max(0, before - done[s])
-        before = done[s]
+        left = max(0, _planned(planned, s) - done[s])
+        queue[s] = max(0, left - upstream_left)
+        upstream_left = left
     return {"t": round(snapshot["t"], 2), "done": done, "queue": queue}
 
 
-def progress_line(snapshot: dict[str, Any], stages: tuple[str, ...], planned: int) -> str:
-    """One line for logs: sequences done per stage, rate and ETA of the last stage."""
+def grow_planned(planned: dict[str, int], folded_again: int, published: int) -> None:
+    """A later pass of the run (out of memory: chunked pool, fragments) adds work: every stage but
+    ``publish`` handles its ``folded_again`` sequences once more; ``publish`` changes by
+    ``published`` (fragments publish one entry each in place of their whole sequence, which was
+    planned once; a whole sequence that is only linked is not published by the stream)."""
+    for stage in planned:
+        planned[stage] += published if stage == "publish" else folded_again
+
+
+def progress_line(snapshot: dict[str, Any], stages: tuple[str, ...], planned: int | Mapping[str, int]) -> str:
+    """One line for logs: sequences done per stage of planned, rate and ETA of the last stage."""
     t = snapshot["t"]
-    parts = [f"{s} {snapshot['stages'][s]['sequences']}/{planned}" for s in stages]
+    parts = [f"{s} {snapshot['stages'][s]['sequences']}/{_planned(planned, s)}" for s in stages]
     done = snapshot["stages"][stages[-1]]["sequences"]
     if done and t > 0:
         rate = done / t
-        eta = (planned - done) / rate
+        eta = max(0, _planned(planned, stages[-1]) - done) / rate
         parts.append(f"{rate * 3600:,.0f} seq/h, ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
     return ", ".join(parts)
 
 
-def stage_summary(snapshot: dict[str, Any], actors: dict[str, int], wall_seconds: float) -> dict[str, Any]:
-    """Per-stage totals for the run summary: throughput per busy second and per wall second."""
+def stage_summary(snapshot: dict[str, Any], actors: dict[str, int], wall_seconds: float,
+                  planned: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Per-stage totals for the run summary: throughput per busy second and per wall second, and
+    (with ``planned``) the sequences the stage was to handle, out-of-memory passes included."""
     out = {}
     for stage, st in snapshot["stages"].items():
         busy = st["busy_seconds"]
         n_actors = actors.get(stage, 1)
         out[stage] = {
             **st, "actors": n_actors,
+            **({"planned": planned[stage]} if planned is not None and stage in planned else {}),
             "sequences_per_hour_wall": round(3600 * st["sequences"] / wall_seconds, 1) if wall_seconds else 0.0,
             "sequences_per_busy_hour": round(3600 * st["sequences"] / busy, 1) if busy else None,
             # share of the stage's actor time spent working: near 1 marks the bottleneck stage

@@ -356,6 +356,7 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
     stages = (("msa",) if ctx.msa is not None else ()) + ("fold", "write", "publish")
     tracker = remote_tracker(stages)
     total = plan.sequences_to_predict
+    planned = {s: total for s in stages}  # grows when out-of-memory passes fold sequences again
     timeline: list[dict[str, Any]] = []
     last: dict[str, Any] = {}  # the latest tracker snapshot
     logged = [0.0]  # tracker time of the last progress log line
@@ -372,9 +373,10 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
                     log.debug("progress sample failed: %s", e)
                     return None
                 last.update(snap)
-                timeline.append(timeline_point(snap, stages, total))
+                totals = dict(planned)  # the driver may grow it meanwhile
+                timeline.append(timeline_point(snap, stages, totals))
                 for st, task in tasks.items():
-                    bar.update(task, completed=snap["stages"][st]["sequences"])
+                    bar.update(task, completed=snap["stages"][st]["sequences"], total=totals[st])
                 return snap
 
             def poll() -> None:  # per-stage bars and the timeline, from the tracker's counts
@@ -382,13 +384,13 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
                     snap = sample(30)
                     if snap and not progress and snap["t"] - logged[0] >= cfg.ray.progress_log_s:
                         logged[0] = snap["t"]  # no terminal (Ray job, CI, nohup): a log line instead
-                        log.info("progress %s", progress_line(snap, stages, total))
+                        log.info("progress %s", progress_line(snap, stages, dict(planned)))
                     if stop.wait(cfg.ray.progress_interval_s):
                         return
 
             poller = threading.Thread(target=poll, name="foldatlas-progress", daemon=True)
             poller.start()
-            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed, plan.root.parent)
+            sink = _PassSink(cfg, ctx, atlas, tracker, summary, tiers, failed, plan.root.parent, planned)
             # out of memory in the normal pool goes on to the chunked pool or fragments when configured
             fragments_on = cfg.ingest.fragment_above is not None
             first = PoolRoute(defer_normal=cfg.long_sequences.chunked_above is not None or fragments_on,
@@ -409,7 +411,7 @@ def _run_units(plan: StreamPlan, cfg: RunConfig, ctx: WriteContext, atlas: Atlas
         summary.timeline = timeline
         if last:
             actors = {"msa": cfg.msa.actors, "fold": cfg.ray.fold_actors, "write": cfg.ray.write_actors, "publish": 1}
-            summary.stages = stage_summary(last, actors, summary.fold_wall_seconds)
+            summary.stages = stage_summary(last, actors, summary.fold_wall_seconds, planned)
         if started:
             ray.shutdown()
 
@@ -454,6 +456,7 @@ class _PassSink:
     tiers: Counter[str]
     failed: Counter[str]
     scratch: Path
+    planned: dict[str, int]  # sequences per stage for the progress bars (pipeline.progress.grow_planned)
 
     def publish(self, manifest: dict[str, Any], unit: tuple[int, int]) -> None:
         _publish(self.atlas, self.ctx, manifest, unit, self.tracker, self.summary, self.tiers, self.failed)
@@ -530,6 +533,7 @@ def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -
     Each pass streams from units files under the run's scratch directory, as the first does."""
     from pipeline.oom_route import can_chunk, failure_message, oom_fragments, reroute_units, why_not_fragments
     from pipeline.plan import cached_msas, plan_run, spill_records
+    from pipeline.progress import grow_planned
 
     cfg, summary = sink.cfg, sink.summary
     summary.oom_rerouted = len(ledger.pending)
@@ -543,6 +547,7 @@ def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -
         summary.units_planned += len(units)
         summary.units_long += len(units)
         chunked = units_plan({"long": units}, cfg.model.name, sink.scratch / "oom-chunked")  # all to the long pool
+        grow_planned(sink.planned, folded_again=len(to_chunk), published=0)  # handed back: not published yet
         again, _ = _fold_pass(chunked, PoolRoute(long="oom_chunked", defer_long=fragments_on, all_long=True), sink)
         ledger.add(again, {})
         ledger.settle([s for s in to_chunk if s not in again], "chunked")
@@ -558,6 +563,8 @@ def _reroute_oom(ledger: OOMLedger, sink: _PassSink, msa_spec: MSASpec | None) -
                          memory_limit=cfg.plan.memory_limit)
         _publish_entries(fplan, sink.ctx, sink.atlas, summary)
         summary.units_planned += fplan.units
+        grow_planned(sink.planned, folded_again=fplan.sequences_to_predict,
+                     published=fplan.sequences_to_predict - len(split))
         if fplan.units:
             _fold_pass(fplan, PoolRoute(normal="oom_fragment", long="oom_fragment"), sink)
         ledger.settle(list(split), "fragments")

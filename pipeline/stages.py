@@ -174,5 +174,8 @@ class WriteActor:
             # staged paths relative to the atlas (uploaded to its _staging/ when it is on S3)
             manifest.staged = self.atlas.upload_staged(self.ctx.run_id, manifest.staged)
             manifests.append(json.dumps(dataclasses.asdict(manifest)))
-            report_stage(self.tracker, "write", len(unit.sequences), unit.residues, time.perf_counter() - t0)
+            # sequences handed back after running out of memory left the unit in the fold stage
+            # (take_oom) but passed through here too: counted, so write keeps pace with fold
+            report_stage(self.tracker, "write", len(unit.sequences) + len(deferred), unit.residues,
+                         time.perf_counter() - t0)
         return {"unit_id": batch["unit_id"], "manifest": np.array(manifests, dtype=object)}

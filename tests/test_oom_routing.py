@@ -139,6 +139,13 @@ def test_oom_reroutes_to_the_chunked_pool_then_fragments_then_failure(tmp_path: 
     assert "162 is not above ingest.fragment_window 200" in failures[0][3]
     saved = json.loads((atlas / "_runs" / summary.run_id / "summary.json").read_text())
     assert saved["oom_routes"] == summary.oom_routes
+    # progress: the later passes grew what each stage had to do, so every bar ends full, not past it.
+    # 7 planned (4 + 3 ingest fragments); 3 handed back; fold: 7 + 2 chunked + 2 fragments; publish:
+    # 4 + 1 (chunked) + 2 (fragments of one sequence) + 1 (the oom failure row)
+    assert {s: (st["sequences"], st["planned"]) for s, st in summary.stages.items()} == {
+        "fold": (11, 11), "write": (11, 11), "publish": (8, 8)}
+    last = summary.timeline[-1]
+    assert last["done"] == {"fold": 11, "write": 11, "publish": 8} and set(last["queue"].values()) == {0}
 
     # the driver died after publishing the first fragment of the long sequence, before the second
     # (simulated by removing the second's unit); without the fault the rerun must still fold only

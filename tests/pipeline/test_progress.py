@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.progress import StageTracker, progress_line, stage_summary, timeline_point
+from pipeline.progress import StageTracker, grow_planned, progress_line, stage_summary, timeline_point
 
 
 def test_tracker_counts_and_queues():
@@ -45,3 +45,24 @@ def test_progress_line_for_logs():
     line = progress_line(tr.snapshot(), ("fold", "write", "publish"), planned=100)
     assert line.startswith("fold 30/100, write 0/100, publish 20/100, ")
     assert "720 seq/h" in line and "ETA 0:06:4" in line  # 80 left at 0.2/s: 400 s
+
+
+def test_planned_per_stage_grows_with_later_passes():
+    planned = {"fold": 10, "write": 10, "publish": 10}
+    grow_planned(planned, folded_again=2, published=0)  # two handed back, folded again in the chunked pool
+    grow_planned(planned, folded_again=3, published=3 - 1)  # one sequence split into three fragments
+    assert planned == {"fold": 15, "write": 15, "publish": 12}
+    tr = StageTracker(("fold", "write", "publish"))
+    tr.started -= 10.0
+    tr.record("fold", 15, 4500, 5.0)
+    tr.record("write", 12, 3600, 1.0)
+    tr.record("publish", 6, 1800, 0.1)
+    snap = tr.snapshot()
+    # publish has 6 left, 3 of which write has yet to hand it: 3 wait (written minus published, 6,
+    # would count the sequences write handed back to the later passes, which never publish)
+    assert timeline_point(snap, ("fold", "write", "publish"), planned)["queue"] == {"fold": 0, "write": 3, "publish": 3}
+    line = progress_line(snap, ("fold", "write", "publish"), planned)
+    assert line.startswith("fold 15/15, write 12/15, publish 6/12, ") and "ETA 0:00:10" in line  # 6 left at 0.6/s
+    out = stage_summary(snap, {}, wall_seconds=10.0, planned=planned)
+    assert [out[s]["planned"] for s in ("fold", "write", "publish")] == [15, 15, 12]
+    assert "planned" not in stage_summary(snap, {}, wall_seconds=10.0)["fold"]
