@@ -113,7 +113,7 @@ def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: da
         sequence_md5=rec.md5,
         sequence_length=rec.length,
         failure_reason=failure_reason,
-        fold_route="oom_fragment" if rec.oom_split else fold_route,
+        fold_route=_route(rec, fold_route),
         fragment_of_sha256=rec.whole_sha256,
         msa_depth=msa.depth if msa else None,
         msa_neff=msa.neff if msa else None,
@@ -131,6 +131,11 @@ def entry_row(rec: AcceptedRecord, model: str, ctx: WriteContext, created_at: da
     return row
 
 
+def _route(rec: AcceptedRecord, route: str | None) -> str | None:
+    """The ``fold_route`` recorded for ``rec``: every fragment of an out-of-memory split says so."""
+    return "oom_fragment" if rec.oom_split else route
+
+
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -144,7 +149,7 @@ def _member_name(base: str, used: set[str], sha: str) -> str:
 def _failure_row(sha: str, seq: str, recs: list[AcceptedRecord], unit: WorkUnit, reason: str, message: str,
                  batch_size: int, attempts: int, ctx: WriteContext, created_at: datetime,
                  route: str | None = None) -> dict[str, Any]:
-    return {"fold_route": "oom_fragment" if recs[0].oom_split else route, "sequence_sha256": sha, "model": unit.model, "sequence_length": len(seq),
+    return {"fold_route": _route(recs[0], route), "sequence_sha256": sha, "model": unit.model, "sequence_length": len(seq),
             "accessions": [r.accession for r in recs], "reason": reason, "message": message,
             "batch_size": batch_size, "attempts": attempts, "unit_id": unit.unit_id, "run_id": ctx.run_id,
             "created_at": created_at}
