@@ -18,6 +18,9 @@ def test_storage_benchmark_smoke(tmp_path: Path) -> None:
         assert e["record_bytes"] == sum(e["record_parts"].values())
         assert e["total_bytes"] > e["record_bytes"] > 0 and e["parquet_bytes"] > 0
         assert 0 < e["total_vs_afdb"] < 1  # smaller than AFDB's gzipped files, whatever the target
+        # inside a compacted file a row costs something, and less than in a five-row file
+        assert 0 < e["parquet_bytes_at_scale"] < e["parquet_bytes"]
+        assert e["total_bytes_at_scale"] == e["record_bytes"] + e["tar_overhead_bytes"] + e["parquet_bytes_at_scale"]
         assert 10 < e["coord_plddt_bytes_per_residue"] < 100 and 0 < e["pae_bytes_per_residue2"] < 1
         # the stored coordinate coding beats the alternatives it was chosen over
         coords = e["options"]["coordinates_bytes_per_residue"]
