@@ -27,6 +27,25 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "FOLDATLAS_FAULT_CRASH_SHA256"
 
 
+@dataclasses.dataclass
+class FoldedUnit:
+    """What the fold stage hands the write stage for one unit (pickled into the ``result`` column).
+
+    ``unit``: the WorkUnit, less the sequences handed back after running out of memory;
+    ``outcomes``: one Prediction or PredictionFailure per sequence of ``unit``; ``info``: the
+    backend's ModelInfo; ``batch_sizes``: sequence -> size of the model batch that folded it; ``msa``: the
+    unit's MSAUnitResult (None without an MSA stage); ``route``: the pool's fold_route;
+    ``deferred``: SHA-256 -> reason of the sequences handed back to a later pass."""
+
+    unit: Any
+    outcomes: list[Any]
+    info: Any
+    batch_sizes: dict[str, int]
+    msa: Any
+    route: str | None
+    deferred: dict[str, str]
+
+
 def _open_units_file(source: str) -> Any:
     import pyarrow.parquet as pq
 
@@ -126,8 +145,8 @@ class FoldActor:
             deferred: dict[str, str] = {}
             if self.defer_oom:
                 unit, outcomes, deferred = take_oom(unit, outcomes)
-            results.append(pickle.dumps((unit, outcomes, self.backend.info, dict(self.folder.batch_sizes), msa,
-                                         self.route, deferred), protocol=5))
+            results.append(pickle.dumps(FoldedUnit(unit, outcomes, self.backend.info, dict(self.folder.batch_sizes),
+                                                   msa, self.route, deferred), protocol=5))
         return {"unit_id": batch["unit_id"], "result": np.array(results, dtype=object)}
 
     def _fold(self, unit: Any, msa: Any) -> list[Any]:
@@ -168,8 +187,10 @@ class WriteActor:
         manifests = []
         for result in batch["result"]:
             t0 = time.perf_counter()
-            unit, outcomes, info, batch_sizes, msa, route, deferred = pickle.loads(result)
-            manifest = write_unit(unit, outcomes, info, batch_sizes, self.ctx, msa, route)
+            folded: FoldedUnit = pickle.loads(result)
+            unit, deferred = folded.unit, folded.deferred
+            manifest = write_unit(unit, folded.outcomes, folded.info, folded.batch_sizes, self.ctx, folded.msa,
+                                  folded.route)
             manifest.deferred = deferred
             # staged paths relative to the atlas (uploaded to its _staging/ when it is on S3)
             manifest.staged = self.atlas.upload_staged(self.ctx.run_id, manifest.staged)
