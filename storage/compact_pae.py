@@ -195,13 +195,15 @@ class _Layout:
     of that array (:meth:`views`), read and written without index arrays.
     """
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, pad: int = _PAD, block: tuple[int, int] = _BLOCK, right: int = 2) -> None:
+        self.n, self.pad, self.block, self.right = n, pad, block, right
         self.strips = max(1, n // _STRIP_HEIGHT)
         self.height = h = -(-n // self.strips)
         last = n - (self.strips - 1) * h  # rows of the last strip
-        self.stride = n + 2 * _PAD
-        self.strip_size = (h + _PAD) * self.stride
+        self.stride = n + 2 * pad
+        self.strip_size = (h + pad) * self.stride
+        # the block's top-left cell relative to the value: block[0] - 1 rows up, block[1] - 1 - right columns left
+        self.origin = (pad - block[0] + 1) * self.stride + pad - (block[1] - 1 - right)
         t = np.arange(2 * h + n - 2)
         self.low = np.maximum(0, (t - n + 2) // 2)
         self.rows = np.minimum(h - 1, t // 2) - self.low + 1
@@ -224,10 +226,10 @@ class _Layout:
         item = values.itemsize
         steps = (item, self.strip_size * item, (self.stride - 2) * item)
         shape = (len(self.rows), self.strips, self.height)
-        rows, cols = _BLOCK
-        blocks = as_strided(values, shape=(*shape, rows, cols), strides=(*steps, self.stride * item, item),
-                            writeable=False)
-        cells = as_strided(values[_PAD * self.stride + _PAD :], shape=shape, strides=steps)
+        rows, cols = self.block
+        blocks = as_strided(values[self.origin :], shape=(*shape, rows, cols),
+                            strides=(*steps, self.stride * item, item), writeable=False)
+        cells = as_strided(values[self.pad * self.stride + self.pad :], shape=shape, strides=steps)
         return blocks, cells
 
     def read(self, blocks: np.ndarray, t: int) -> np.ndarray:
@@ -246,7 +248,8 @@ class _Layout:
         """Row-major matrix index of each value in coding order."""
         index = self.new_values()
         _, cells = self.views(index)
-        grid = index.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        pad = self.pad
+        grid = index.reshape(self.strips, self.height + pad, self.stride)[:, pad:, pad : pad + self.n]
         rows = np.zeros((self.strips * self.height, self.n))
         rows[: self.n] = np.arange(self.n * self.n).reshape(self.n, self.n)
         grid[...] = rows.reshape(self.strips, self.height, self.n)
@@ -263,21 +266,23 @@ class _Layout:
         return values
 
     def matrix(self, values: np.ndarray) -> np.ndarray:
-        grid = values.reshape(self.strips, self.height + _PAD, self.stride)[:, _PAD:, _PAD : _PAD + self.n]
+        pad = self.pad
+        grid = values.reshape(self.strips, self.height + pad, self.stride)[:, pad:, pad : pad + self.n]
         return grid.reshape(-1, self.n)[: self.n].astype(np.int64)
 
     def fill_borders(self, values: np.ndarray, t: int) -> None:
         """After wavefront t: copy just-coded values into the border cells later wavefronts read."""
-        grid = values.reshape(self.strips, self.height + _PAD, self.stride)
+        pad, shift = self.pad, self.right + 1
+        grid = values.reshape(self.strips, self.height + pad, self.stride)
         n, h = self.n, self.height
-        if t + 3 < n + _PAD and t < n:
-            grid[:, :_PAD, t + 3 + _PAD] = grid[:, _PAD, t + _PAD, None]
+        if t + shift < n + pad and t < n:
+            grid[:, :pad, t + shift + pad] = grid[:, pad, t + pad, None]
         if t % 2 == 0 and t // 2 < h:
-            row = t // 2 + _PAD
-            grid[:, row : row + 2, :_PAD] = grid[:, row, _PAD, None, None]
+            row = t // 2 + pad
+            grid[:, row : row + 2, :pad] = grid[:, row, pad, None, None]
         if t >= n - 1 and (t - n + 1) % 2 == 0 and (t - n + 1) // 2 < h:
-            row = (t - n + 1) // 2 + _PAD
-            grid[:, row, _PAD + n :] = grid[:, row, _PAD + n - 1, None]
+            row = (t - n + 1) // 2 + pad
+            grid[:, row, pad + n :] = grid[:, row, pad + n - 1, None]
 
 
 def _linear_maps(weights: np.ndarray) -> np.ndarray:
@@ -424,4 +429,188 @@ def decode_pae_context(data: bytes, n: int) -> np.ndarray:
     matrix = layout.matrix(values)
     if zlib.crc32(matrix.astype(np.uint8).tobytes()) != crc:
         raise ValueError("compact record: the PAE context coding is corrupt (CRC mismatch)")
+    return matrix
+
+
+# ----------------------------------------------------------------------------------------------
+# Codec 4: least squares over 46 neighbours + binary decisions mixed from 8 context models
+# ----------------------------------------------------------------------------------------------
+
+#: Causal neighbours of codec 4's predictor: rows -4..0, columns -6..+4, every (row, column) with
+#: 2 * row + column < 0 (an earlier wavefront) except the value itself: 46 offsets.
+_MIX_OFFSETS = tuple((dr, dc) for dr in range(-4, 1) for dc in range(-6, 5) if 2 * dr + dc < 0)
+_MIX_PAD, _MIX_BLOCK, _MIX_RIGHT = 6, (5, 11), 4  # border cells; rows x columns read; columns right
+#: Stored weights are in units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 costs 1.4 % at 957
+#: residues), as zigzag LEB128 varints of their difference from this prior (the rounded mean of
+#: the fits of the five AFDB entries in tests/data/afdb: one byte each when within +-63).
+_MIX_WEIGHT_STEP = 4
+_MIX_PRIOR = (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17, -2, 3, 9, -14, -19,
+              -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68, -28, 367, 85, 10, 6, 129, 186, 209, 393)
+_MIX_FIT_EVERY_FROM = 512  # residues: from here the fit reads every other wavefront (0.01 % larger)
+_MIX_EIGHTHS_FROM = 256  # residues: from here the prediction's fraction has 4 classes (eighths), else 2
+#: N, W, NE, NW, NN, WW: the raw neighbours the mixing model's contexts read.
+_MIX_NEIGHBOURS = ((-1, 0), (0, -1), (-1, 1), (-1, -1), (-2, 0), (0, -2))
+
+
+def _mix_cell(offset: tuple[int, int]) -> int:
+    return (_MIX_BLOCK[0] - 1 + offset[0]) * _MIX_BLOCK[1] + _MIX_BLOCK[1] - 1 - _MIX_RIGHT + offset[1]
+
+
+def _mix_cells() -> np.ndarray:
+    """Cells of a neighbourhood the mixing kernel reads: the predictor's 46, N, W, NE, NW, NN, WW,
+    then the five activity pairs (:data:`_ACTIVITY_PAIRS`)."""
+    pairs = [_OFFSETS[k] for pair in _ACTIVITY_PAIRS for k in pair]
+    return np.array([_mix_cell(offset) for offset in (*_MIX_OFFSETS, *_MIX_NEIGHBOURS, *pairs)], dtype=np.int64)
+
+
+class _MixCoder:
+    """Codec 4's model state for one n x n matrix: the kernels' arrays and per-batch scratch."""
+
+    def __init__(self, n: int, vmax: int, weights: np.ndarray) -> None:
+        from storage import _pae_mix_kernel as kernel  # numba: compiled (and cached) on first use
+
+        self.kernel, self.n, self.vmax = kernel, n, vmax
+        self.layout = _Layout(n, pad=_MIX_PAD, block=_MIX_BLOCK, right=_MIX_RIGHT)
+        self.positions = self.layout.order()
+        self.cells, self.taps = _mix_cells(), np.ascontiguousarray(weights, dtype=np.int64)
+        self.fractions = 4 if n >= _MIX_EIGHTHS_FROM else 2
+        self.state = kernel.new_state(n, self.fractions)
+        largest = int(np.diff(self.layout.bounds).max(initial=1))
+        self.contexts = np.zeros((largest, kernel.MODELS), dtype=np.int64)
+        self.features = np.zeros((largest, 8), dtype=np.int64)
+        self.geometry = np.zeros((largest, 3), dtype=np.int64)
+        self.leaves = np.zeros((largest, vmax + 1), dtype=np.float64)
+
+    def model(self, t: int, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, positions, leaf masses as float64) of batch t."""
+        positions = self.positions[self.layout.bounds[t] : self.layout.bounds[t + 1]]
+        m = len(positions)
+        probs, _, offsets, weights, errors, row_sum, row_count, col_sum, col_count = self.state
+        self.kernel.model_batch(found, self.cells, self.taps, positions, self.n, self.vmax, self.fractions, _SHIFT,
+                                probs, offsets, weights, errors, row_sum, row_count, col_sum, col_count,
+                                self.features[:m], self.contexts[:m], self.geometry[:m], self.leaves[:m])
+        return self.features[:m], positions, self.leaves[:m]
+
+    def update(self, coded: np.ndarray, features: np.ndarray, positions: np.ndarray) -> None:
+        m = len(features)
+        probs, counts, _, weights, errors, row_sum, row_count, col_sum, col_count = self.state
+        self.kernel.update_batch(coded, features, positions, self.n, self.vmax, _SHIFT, probs, counts, weights,
+                                 errors, row_sum, row_count, col_sum, col_count, self.contexts[:m],
+                                 self.geometry[:m])
+
+
+def encode_pae_mix(pae: np.ndarray) -> bytes:
+    """Codec 4 coding of an (L, L) matrix with values 0-63 (:data:`CONTEXT_MAX_VALUE`), L >= 1.
+
+    Layout: max value u8 | CRC-32 u32 | 46 predictor weights (units of 2**-10, least squares
+    fitted to this matrix, as varints of their difference from :data:`_MIX_PRIOR`) | range coder
+    words u32.
+    """
+    import constriction
+
+    values = np.asarray(pae, dtype=np.int64)
+    n, vmax = values.shape[0], max(1, int(values.max(initial=0)))
+    if vmax > CONTEXT_MAX_VALUE or values.min(initial=0) < 0:
+        raise ValueError(f"the PAE mixing coder takes values 0-{CONTEXT_MAX_VALUE}")
+    layout = _Layout(n, pad=_MIX_PAD, block=_MIX_BLOCK, right=_MIX_RIGHT)
+    flat = values.ravel()[layout.order()]
+    from storage._pae_mix_kernel import accumulate_normal
+
+    cells = _mix_cells()[: len(_MIX_OFFSETS)]
+    gram, moment = np.zeros((len(cells), len(cells))), np.zeros(len(cells))
+
+    def accumulate(t: int, found: np.ndarray) -> np.ndarray:
+        coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
+        if n < _MIX_FIT_EVERY_FROM or t % 2 == 0:
+            accumulate_normal(found, cells, coded.astype(np.float64), gram, moment)
+        return coded
+
+    layout.scan(accumulate)
+    gram = np.triu(gram) + np.triu(gram, 1).T
+    fitted, *_ = np.linalg.lstsq(gram, moment, rcond=None)
+    step = _MIX_WEIGHT_STEP
+    weights = np.clip(np.round(fitted * ((1 << _SHIFT) // step)), -32768, 32767).astype(np.int64) * step
+    coder = _MixCoder(n, vmax, weights)
+    encoder = constriction.stream.queue.RangeEncoder()
+    categorical = constriction.stream.model.Categorical(perfect=False)
+    symbols = flat.astype(np.int32)
+
+    def code(t: int, found: np.ndarray) -> np.ndarray:
+        a, b = layout.bounds[t], layout.bounds[t + 1]
+        features, positions, leaves = coder.model(t, found)
+        encoder.encode(symbols[a:b], categorical, leaves)
+        coder.update(flat[a:b], features, positions)
+        return flat[a:b]
+
+    coder.layout.scan(code)
+    crc = zlib.crc32(values.astype(np.uint8).tobytes())
+    return (_CONTEXT_HEADER.pack(vmax, crc) + _varints(weights // step - np.array(_MIX_PRIOR))
+            + encoder.get_compressed().astype("<u4").tobytes())
+
+
+def _varints(numbers: np.ndarray) -> bytes:
+    """Zigzag LEB128: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..., 7 bits a byte, high bit = more."""
+    out = bytearray()
+    for number in numbers.tolist():
+        z = 2 * number if number >= 0 else -2 * number - 1
+        while z >= 0x80:
+            out.append(z & 0x7F | 0x80)
+            z >>= 7
+        out.append(z)
+    return bytes(out)
+
+
+def _read_varints(data: bytes, offset: int, count: int) -> tuple[np.ndarray, int]:
+    """(numbers, offset after them) of :func:`_varints`' bytes; ValueError when truncated."""
+    numbers = []
+    for _ in range(count):
+        z = shift = 0
+        while True:
+            if offset >= len(data) or shift > 35:
+                raise ValueError("compact record: the PAE mixing coding's weights are truncated")
+            byte = data[offset]
+            offset += 1
+            z |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        numbers.append(z >> 1 if z % 2 == 0 else -(z >> 1) - 1)
+    return np.array(numbers, dtype=np.int64), offset
+
+
+def decode_pae_mix(data: bytes, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_pae_mix`: int64 (n, n), n >= 1.
+
+    Raises:
+        ValueError: the bytes are not a codec 4 matrix of that size (checked by the CRC).
+    """
+    import constriction
+
+    if len(data) < _CONTEXT_HEADER.size:
+        raise ValueError("compact record: the PAE mixing coding is truncated")
+    vmax, crc = _CONTEXT_HEADER.unpack_from(data)
+    if not 1 <= vmax <= CONTEXT_MAX_VALUE:
+        raise ValueError(f"compact record: PAE mixing coding with max value {vmax}")
+    deltas, head = _read_varints(data, _CONTEXT_HEADER.size, len(_MIX_OFFSETS))
+    if (len(data) - head) % 4:
+        raise ValueError("compact record: the PAE mixing coding is truncated")
+    weights = (deltas + np.array(_MIX_PRIOR)) * _MIX_WEIGHT_STEP
+    words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
+    coder = _MixCoder(n, vmax, weights)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    categorical = constriction.stream.model.Categorical(perfect=False)
+
+    def decode(t: int, found: np.ndarray) -> np.ndarray:
+        features, positions, leaves = coder.model(t, found)
+        decoded = decoder.decode(categorical, leaves).astype(np.int64)
+        coder.update(decoded, features, positions)
+        return decoded
+
+    try:
+        values = coder.layout.scan(decode)
+    except (ValueError, RuntimeError, IndexError, AssertionError) as e:
+        raise ValueError(f"compact record: the PAE mixing coding does not decode: {e}") from e
+    matrix = coder.layout.matrix(values)
+    if zlib.crc32(matrix.astype(np.uint8).tobytes()) != crc:
+        raise ValueError("compact record: the PAE mixing coding is corrupt (CRC mismatch)")
     return matrix
