@@ -84,31 +84,35 @@ def _mixed(probs: np.ndarray, weights: np.ndarray, contexts: np.ndarray, i: int,
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def model_batch(found: np.ndarray, cells: np.ndarray, taps: np.ndarray, position: np.ndarray, n: int, vmax: int,
-                fractions: int, shift: int, probs: np.ndarray, offsets: np.ndarray, weights: np.ndarray,
+def model_batch(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relative: np.ndarray, taps: np.ndarray,
+                n: int, vmax: int, fractions: int, shift: int, probs: np.ndarray, offsets: np.ndarray, weights: np.ndarray,
                 errors: np.ndarray, row_sum: np.ndarray, row_count: np.ndarray, col_sum: np.ndarray,
                 col_count: np.ndarray, features: np.ndarray, contexts: np.ndarray, geometry: np.ndarray,
                 leaves: np.ndarray) -> None:  # pragma: no cover - compiled
     """Leaf masses (``leaves[i, 0..vmax]``, integers >= 1) of a batch of values.
 
-    ``found[i]``: value i's neighbourhood (exact small integers as float64); ``cells`` and ``taps``:
-    the predictor's cells in it and their weights (units of 2**-shift), then the cells of N, W, NE,
-    NW, NN, WW and the five pairs whose absolute differences sum to the activity (see
-    :func:`storage.compact_pae._mix_cells`). ``position[i]``: the row-major matrix index. Writes
+    The batch is wavefront ``t`` of a one-strip layout, rows ``low`` on; ``grid``: the padded
+    matrix (``pad`` border cells, rows of ``stride`` cells, exact small integers as float64) with
+    every earlier wavefront filled in. ``relative`` and ``taps``: the predictor's neighbours (flat
+    offsets in ``grid``) and their weights (units of 2**-shift), then the offsets of N, W, NE, NW,
+    NN, WW and of the five pairs whose absolute differences sum to the activity (see
+    :class:`storage.compact_pae._Support`). Value i is at row low + i, column t - 2 (low + i). Writes
     each value's features (prediction, activity, N, W, NE, NW, NN, WW), context offsets and
     (origin, sign, mixer set) for :func:`update_batch`.
     """
     used = len(taps)
-    for i in range(found.shape[0]):
+    for i in range(features.shape[0]):
+        centre = (low + i + pad) * stride + pad + t - 2 * (low + i)
         prediction = 0
         for k in range(used):
-            prediction += taps[k] * np.int64(found[i, cells[k]])
+            prediction += taps[k] * np.int64(grid[centre + relative[k]])
         features[i, 0] = prediction
         for k in range(6):
-            features[i, 2 + k] = np.int64(found[i, cells[used + k]])
+            features[i, 2 + k] = np.int64(grid[centre + relative[used + k]])
         activity = 0
         for k in range(5):
-            activity += abs(np.int64(found[i, cells[used + 6 + 2 * k]]) - np.int64(found[i, cells[used + 7 + 2 * k]]))
+            a, b = centre + relative[used + 6 + 2 * k], centre + relative[used + 7 + 2 * k]
+            activity += abs(np.int64(grid[a]) - np.int64(grid[b]))
         features[i, 1] = activity
         activity = _ACTIVITY_CLASS[min(activity, 199)]
         if fractions == 4:  # eighths: origin = rounded prediction, f = distance to it in eighths
@@ -125,8 +129,9 @@ def model_batch(found: np.ndarray, cells: np.ndarray, taps: np.ndarray, position
         for k in range(2):  # N, W above the prediction (in the residual's orientation)
             if (features[i, 2 + k] << shift) * sign > prediction * sign:
                 texture |= 1 << k
-        at = position[i]
-        r, c = at // n, at % n
+        r = low + i
+        c = t - 2 * r
+        at = r * n + c
         row_mean = row_sum[r] * 4 // row_count[r] if row_count[r] > 0 else 0
         col_mean = col_sum[c] * 4 // col_count[c] if col_count[c] > 0 else 0
         e_n = errors[at - n] if r > 0 else 0
@@ -178,7 +183,7 @@ def model_batch(found: np.ndarray, cells: np.ndarray, taps: np.ndarray, position
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def update_batch(values: np.ndarray, features: np.ndarray, position: np.ndarray, n: int, vmax: int, shift: int,
+def update_batch(values: np.ndarray, features: np.ndarray, t: int, low: int, n: int, vmax: int, shift: int,
                  probs: np.ndarray, counts: np.ndarray, weights: np.ndarray, errors: np.ndarray,
                  row_sum: np.ndarray, row_count: np.ndarray, col_sum: np.ndarray, col_count: np.ndarray,
                  contexts: np.ndarray, geometry: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -216,24 +221,27 @@ def update_batch(values: np.ndarray, features: np.ndarray, position: np.ndarray,
                 probs[at] = min(max(p, 64), 65472)
                 if counts[at] < _COUNT_LIMIT:
                     counts[at] += 1
-        at = position[i]
-        errors[at] = values[i] * 4 - (features[i, 0] >> (shift - 2))
-        row_sum[at // n] += values[i]
-        row_count[at // n] += 1
-        col_sum[at % n] += values[i]
-        col_count[at % n] += 1
+        r = low + i
+        c = t - 2 * r
+        errors[r * n + c] = values[i] * 4 - (features[i, 0] >> (shift - 2))
+        row_sum[r] += values[i]
+        row_count[r] += 1
+        col_sum[c] += values[i]
+        col_count[c] += 1
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def accumulate_normal(found: np.ndarray, cells: np.ndarray, values: np.ndarray, gram: np.ndarray,
-                      moment: np.ndarray) -> None:  # pragma: no cover - compiled
-    """gram += X^T X, moment += X^T values, X = the predictor's cells of each neighbourhood (the
-    encoder's least-squares fit; its rounding does not matter to the decoder)."""
-    used = len(cells)
+def accumulate_normal(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relative: np.ndarray,
+                      values: np.ndarray, gram: np.ndarray, moment: np.ndarray) -> None:  # pragma: no cover
+    """gram += X^T X, moment += X^T values, X = the predictor's neighbours of each value of the
+    batch (as in :func:`model_batch`; the encoder's least-squares fit, whose rounding does not
+    matter to the decoder)."""
+    used = len(relative)
     x = np.zeros(used)
-    for i in range(found.shape[0]):
+    for i in range(values.shape[0]):
+        centre = (low + i + pad) * stride + pad + t - 2 * (low + i)
         for a in range(used):
-            x[a] = found[i, cells[a]]
+            x[a] = grid[centre + relative[a]]
         for a in range(used):
             moment[a] += x[a] * values[i]
             for b in range(a, used):

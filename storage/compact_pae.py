@@ -195,9 +195,10 @@ class _Layout:
     of that array (:meth:`views`), read and written without index arrays.
     """
 
-    def __init__(self, n: int, pad: int = _PAD, block: tuple[int, int] = _BLOCK, right: int = 2) -> None:
+    def __init__(self, n: int, pad: int = _PAD, block: tuple[int, int] = _BLOCK, right: int = 2,
+                 strip: int = _STRIP_HEIGHT) -> None:
         self.n, self.pad, self.block, self.right = n, pad, block, right
-        self.strips = max(1, n // _STRIP_HEIGHT)
+        self.strips = max(1, n // strip)
         self.height = h = -(-n // self.strips)
         last = n - (self.strips - 1) * h  # rows of the last strip
         self.stride = n + 2 * pad
@@ -436,31 +437,57 @@ def decode_pae_context(data: bytes, n: int) -> np.ndarray:
 # Codec 4: least squares over 46 neighbours + binary decisions mixed from 8 context models
 # ----------------------------------------------------------------------------------------------
 
-#: Causal neighbours of codec 4's predictor: rows -4..0, columns -6..+4, every (row, column) with
-#: 2 * row + column < 0 (an earlier wavefront) except the value itself: 46 offsets.
-_MIX_OFFSETS = tuple((dr, dc) for dr in range(-4, 1) for dc in range(-6, 5) if 2 * dr + dc < 0)
-_MIX_PAD, _MIX_BLOCK, _MIX_RIGHT = 6, (5, 11), 4  # border cells; rows x columns read; columns right
-#: Stored weights are in units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 costs 1.4 % at 957
-#: residues), as zigzag LEB128 varints of their difference from this prior (the rounded mean of
-#: the fits of the five AFDB entries in tests/data/afdb: one byte each when within +-63).
-_MIX_WEIGHT_STEP = 4
-_MIX_PRIOR = (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17, -2, 3, 9, -14, -19,
-              -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68, -28, 367, 85, 10, 6, 129, 186, 209, 393)
-_MIX_FIT_EVERY_FROM = 512  # residues: from here the fit reads every other wavefront (0.01 % larger)
-_MIX_EIGHTHS_FROM = 256  # residues: from here the prediction's fraction has 4 classes (eighths), else 2
+class _Support:
+    """A predictor support of codec 4: rows -``rows``..0, columns -``left``..+``right``, every offset
+    with 2 * row + column < 0 (an earlier wavefront), and the :class:`_Layout` that reads it."""
+
+    def __init__(self, rows: int, left: int, right: int, prior: tuple[int, ...] | None) -> None:
+        self.rows, self.left, self.right, self.prior = rows, left, right, prior
+        self.offsets = tuple((dr, dc) for dr in range(-rows, 1) for dc in range(-left, right + 1) if 2 * dr + dc < 0)
+        self.pad, self.block = max(rows, left, right), (rows + 1, left + right + 1)
+        pairs = [_OFFSETS[k] for pair in _ACTIVITY_PAIRS for k in pair]
+        #: the cells the kernel reads: the predictor's, N, W, NE, NW, NN, WW, the activity pairs
+        self.read = np.array((*self.offsets, *_MIX_NEIGHBOURS, *pairs), dtype=np.int64)
+        assert prior is None or len(prior) == len(self.offsets)
+
+    def relative(self, layout: _Layout) -> np.ndarray:
+        """The flat offsets in ``layout``'s padded array of the cells the kernel reads."""
+        return np.ascontiguousarray(self.read[:, 0] * layout.stride + self.read[:, 1])
+
+    def layout(self, n: int) -> _Layout:
+        """One strip (n rows): a strip's first rows predict from its own first row, which cost
+        codec 4 (6 rows of 89 neighbours) 1.4 % at 957 residues with 3 strips, 5 % with 7."""
+        return _Layout(n, pad=self.pad, block=self.block, right=self.right, strip=max(1, n))
+
+    def scan(self, layout: _Layout, step: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """:meth:`_Layout.scan` of a one-strip layout, handing ``step`` the padded array itself
+        (the kernels read the neighbours from it)."""
+        values = layout.new_values()
+        _, cells = layout.views(values)
+        for t in layout.batches():
+            low, rows = layout.low[t], layout.rows[t]
+            cells[t, 0, low : low + rows] = step(t, values)
+            layout.fill_borders(values, t)
+        return values
+
+
 #: N, W, NE, NW, NN, WW: the raw neighbours the mixing model's contexts read.
 _MIX_NEIGHBOURS = ((-1, 0), (0, -1), (-1, 1), (-1, -1), (-2, 0), (0, -2))
+#: Stored weights are in units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 costs 1.4 % at 957
+#: residues), as zigzag LEB128 varints; below 512 residues (46 weights) of their difference from a
+#: prior, the rounded mean of the fits of the five AFDB entries in tests/data/afdb (one byte each
+#: when within +-63; 46 bytes instead of 92, 1.3 % of the 118-residue entry).
+_MIX_WEIGHT_STEP = 4
+_MIX_SMALL = _Support(4, 6, 4, (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17,
+                                -2, 3, 9, -14, -19, -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68, -28,
+                                367, 85, 10, 6, 129, 186, 209, 393))
+_MIX_LARGE = _Support(6, 8, 6, None)  # 89 neighbours
+_MIX_LARGE_FROM = 512  # residues: from here the large support, and the fit reads every other wavefront
+_MIX_EIGHTHS_FROM = 256  # residues: from here the prediction's fraction has 4 classes (eighths), else 2
 
 
-def _mix_cell(offset: tuple[int, int]) -> int:
-    return (_MIX_BLOCK[0] - 1 + offset[0]) * _MIX_BLOCK[1] + _MIX_BLOCK[1] - 1 - _MIX_RIGHT + offset[1]
-
-
-def _mix_cells() -> np.ndarray:
-    """Cells of a neighbourhood the mixing kernel reads: the predictor's 46, N, W, NE, NW, NN, WW,
-    then the five activity pairs (:data:`_ACTIVITY_PAIRS`)."""
-    pairs = [_OFFSETS[k] for pair in _ACTIVITY_PAIRS for k in pair]
-    return np.array([_mix_cell(offset) for offset in (*_MIX_OFFSETS, *_MIX_NEIGHBOURS, *pairs)], dtype=np.int64)
+def _mix_support(n: int) -> _Support:
+    return _MIX_LARGE if n >= _MIX_LARGE_FROM else _MIX_SMALL
 
 
 class _MixCoder:
@@ -470,9 +497,9 @@ class _MixCoder:
         from storage import _pae_mix_kernel as kernel  # numba: compiled (and cached) on first use
 
         self.kernel, self.n, self.vmax = kernel, n, vmax
-        self.layout = _Layout(n, pad=_MIX_PAD, block=_MIX_BLOCK, right=_MIX_RIGHT)
-        self.positions = self.layout.order()
-        self.cells, self.taps = _mix_cells(), np.ascontiguousarray(weights, dtype=np.int64)
+        support = _mix_support(n)
+        self.layout = support.layout(n)
+        self.relative, self.taps = support.relative(self.layout), np.ascontiguousarray(weights, dtype=np.int64)
         self.fractions = 4 if n >= _MIX_EIGHTHS_FROM else 2
         self.state = kernel.new_state(n, self.fractions)
         largest = int(np.diff(self.layout.bounds).max(initial=1))
@@ -481,22 +508,22 @@ class _MixCoder:
         self.geometry = np.zeros((largest, 3), dtype=np.int64)
         self.leaves = np.zeros((largest, vmax + 1), dtype=np.float64)
 
-    def model(self, t: int, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(features, positions, leaf masses as float64) of batch t."""
-        positions = self.positions[self.layout.bounds[t] : self.layout.bounds[t + 1]]
-        m = len(positions)
+    def model(self, t: int, grid: np.ndarray) -> np.ndarray:
+        """Leaf masses (float64, integers) of batch t, read from the padded array ``grid``."""
+        layout, m = self.layout, self.layout.bounds[t + 1] - self.layout.bounds[t]
         probs, _, offsets, weights, errors, row_sum, row_count, col_sum, col_count = self.state
-        self.kernel.model_batch(found, self.cells, self.taps, positions, self.n, self.vmax, self.fractions, _SHIFT,
-                                probs, offsets, weights, errors, row_sum, row_count, col_sum, col_count,
-                                self.features[:m], self.contexts[:m], self.geometry[:m], self.leaves[:m])
-        return self.features[:m], positions, self.leaves[:m]
+        self.kernel.model_batch(grid, t, int(layout.low[t]), layout.stride, layout.pad, self.relative, self.taps,
+                                self.n, self.vmax, self.fractions, _SHIFT, probs, offsets, weights, errors, row_sum,
+                                row_count, col_sum, col_count, self.features[:m], self.contexts[:m],
+                                self.geometry[:m], self.leaves[:m])
+        return self.leaves[:m]
 
-    def update(self, coded: np.ndarray, features: np.ndarray, positions: np.ndarray) -> None:
-        m = len(features)
+    def update(self, t: int, coded: np.ndarray) -> None:
+        m = len(coded)
         probs, counts, _, weights, errors, row_sum, row_count, col_sum, col_count = self.state
-        self.kernel.update_batch(coded, features, positions, self.n, self.vmax, _SHIFT, probs, counts, weights,
-                                 errors, row_sum, row_count, col_sum, col_count, self.contexts[:m],
-                                 self.geometry[:m])
+        self.kernel.update_batch(coded, self.features[:m], t, int(self.layout.low[t]), self.n, self.vmax, _SHIFT,
+                                 probs, counts, weights, errors, row_sum, row_count, col_sum, col_count,
+                                 self.contexts[:m], self.geometry[:m])
 
 
 def encode_pae_mix(pae: np.ndarray) -> bytes:
@@ -512,20 +539,23 @@ def encode_pae_mix(pae: np.ndarray) -> bytes:
     n, vmax = values.shape[0], max(1, int(values.max(initial=0)))
     if vmax > CONTEXT_MAX_VALUE or values.min(initial=0) < 0:
         raise ValueError(f"the PAE mixing coder takes values 0-{CONTEXT_MAX_VALUE}")
-    layout = _Layout(n, pad=_MIX_PAD, block=_MIX_BLOCK, right=_MIX_RIGHT)
+    support = _mix_support(n)
+    layout = support.layout(n)
     flat = values.ravel()[layout.order()]
     from storage._pae_mix_kernel import accumulate_normal
 
-    cells = _mix_cells()[: len(_MIX_OFFSETS)]
-    gram, moment = np.zeros((len(cells), len(cells))), np.zeros(len(cells))
+    used = len(support.offsets)
+    relative = support.relative(layout)[:used]
+    gram, moment = np.zeros((used, used)), np.zeros(used)
 
     def accumulate(t: int, found: np.ndarray) -> np.ndarray:
         coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
-        if n < _MIX_FIT_EVERY_FROM or t % 2 == 0:
-            accumulate_normal(found, cells, coded.astype(np.float64), gram, moment)
+        if n < _MIX_LARGE_FROM or t % 2 == 0:
+            accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative,
+                              coded.astype(np.float64), gram, moment)
         return coded
 
-    layout.scan(accumulate)
+    support.scan(layout, accumulate)
     gram = np.triu(gram) + np.triu(gram, 1).T
     fitted, *_ = np.linalg.lstsq(gram, moment, rcond=None)
     step = _MIX_WEIGHT_STEP
@@ -537,14 +567,13 @@ def encode_pae_mix(pae: np.ndarray) -> bytes:
 
     def code(t: int, found: np.ndarray) -> np.ndarray:
         a, b = layout.bounds[t], layout.bounds[t + 1]
-        features, positions, leaves = coder.model(t, found)
-        encoder.encode(symbols[a:b], categorical, leaves)
-        coder.update(flat[a:b], features, positions)
+        encoder.encode(symbols[a:b], categorical, coder.model(t, found))
+        coder.update(t, flat[a:b])
         return flat[a:b]
 
-    coder.layout.scan(code)
+    support.scan(coder.layout, code)
     crc = zlib.crc32(values.astype(np.uint8).tobytes())
-    return (_CONTEXT_HEADER.pack(vmax, crc) + _varints(weights // step - np.array(_MIX_PRIOR))
+    return (_CONTEXT_HEADER.pack(vmax, crc) + _varints(weights // step - np.array(support.prior or 0))
             + encoder.get_compressed().astype("<u4").tobytes())
 
 
@@ -591,23 +620,23 @@ def decode_pae_mix(data: bytes, n: int) -> np.ndarray:
     vmax, crc = _CONTEXT_HEADER.unpack_from(data)
     if not 1 <= vmax <= CONTEXT_MAX_VALUE:
         raise ValueError(f"compact record: PAE mixing coding with max value {vmax}")
-    deltas, head = _read_varints(data, _CONTEXT_HEADER.size, len(_MIX_OFFSETS))
+    support = _mix_support(n)
+    deltas, head = _read_varints(data, _CONTEXT_HEADER.size, len(support.offsets))
     if (len(data) - head) % 4:
         raise ValueError("compact record: the PAE mixing coding is truncated")
-    weights = (deltas + np.array(_MIX_PRIOR)) * _MIX_WEIGHT_STEP
+    weights = (deltas + np.array(support.prior or 0)) * _MIX_WEIGHT_STEP
     words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
     coder = _MixCoder(n, vmax, weights)
     decoder = constriction.stream.queue.RangeDecoder(words)
     categorical = constriction.stream.model.Categorical(perfect=False)
 
     def decode(t: int, found: np.ndarray) -> np.ndarray:
-        features, positions, leaves = coder.model(t, found)
-        decoded = decoder.decode(categorical, leaves).astype(np.int64)
-        coder.update(decoded, features, positions)
+        decoded = decoder.decode(categorical, coder.model(t, found)).astype(np.int64)
+        coder.update(t, decoded)
         return decoded
 
     try:
-        values = coder.layout.scan(decode)
+        values = support.scan(coder.layout, decode)
     except (ValueError, RuntimeError, IndexError, AssertionError) as e:
         raise ValueError(f"compact record: the PAE mixing coding does not decode: {e}") from e
     matrix = coder.layout.matrix(values)
