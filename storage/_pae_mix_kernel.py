@@ -109,12 +109,12 @@ def model_batch(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relat
         features[i, 0] = prediction
         for k in range(6):
             features[i, 2 + k] = np.int64(grid[centre + relative[used + k]])
-        activity = 0
+        differences = 0
         for k in range(5):
             a, b = centre + relative[used + 6 + 2 * k], centre + relative[used + 7 + 2 * k]
-            activity += abs(np.int64(grid[a]) - np.int64(grid[b]))
-        features[i, 1] = activity
-        activity = _ACTIVITY_CLASS[min(activity, 199)]
+            differences += abs(int(grid[a]) - int(grid[b]))
+        features[i, 1] = differences
+        activity = _ACTIVITY_CLASS[min(differences, 199)]
         if fractions == 4:  # eighths: origin = rounded prediction, f = distance to it in eighths
             q = prediction >> (shift - 3)
             up = (q & 7) >> 2

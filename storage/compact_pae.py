@@ -65,13 +65,17 @@ __all__ = [
     "CODEC_CONTEXT",
     "CODEC_JPEGXL_8",
     "CODEC_JPEGXL_16",
+    "CODEC_MIX",
     "CONTEXT_MAX_VALUE",
     "PAE_CODECS",
+    "PAE_CODECS_OF",
     "decode_pae_context",
     "decode_pae_image",
+    "decode_pae_mix",
     "decode_pae_payload",
     "encode_pae_context",
     "encode_pae_image",
+    "encode_pae_mix",
     "encode_pae_payload",
     "pae_deltas",
     "undo_pae_deltas",
@@ -109,35 +113,43 @@ def decode_pae_image(data: bytes, width: int, n: int) -> np.ndarray:
     return image.astype(np.int64)
 
 
-#: PAE codecs of format 3 records (the PAE section's ``width`` byte): lossless JPEG XL with 8- or
-#: 16-bit samples (what format 2 always uses; the byte is then the sample width) and the context
-#: coder (:func:`encode_pae_context`).
-CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT = 1, 2, 3
-PAE_CODECS = (CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT)
-_JPEGXL_TRIED_UP_TO = 256  # residues: JPEG XL is also tried there (tens of ms), the smaller kept
+#: PAE codecs of format 3 and 4 records (the PAE section's ``width`` byte): lossless JPEG XL with
+#: 8- or 16-bit samples (what format 2 always uses; the byte is then the sample width), the context
+#: coder (:func:`encode_pae_context`, format 3 on) and the mixing coder (:func:`encode_pae_mix`,
+#: format 4 on: :data:`PAE_CODECS_OF` says which a version may hold).
+CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT, CODEC_MIX = 1, 2, 3, 4
+PAE_CODECS = (CODEC_JPEGXL_8, CODEC_JPEGXL_16, CODEC_CONTEXT, CODEC_MIX)
+PAE_CODECS_OF = {2: PAE_CODECS[:2], 3: PAE_CODECS[:3], 4: PAE_CODECS}  # by record format version
+_JPEGXL_TRIED_UP_TO = 256  # residues: JPEG XL and the context coder are also tried there, the smallest kept
 
 
 def encode_pae_payload(pae: np.ndarray) -> tuple[int, bytes]:
-    """(codec, bytes) of an (L, L) integer matrix with values 0-65535, L >= 1 (format 3).
+    """(codec, bytes) of an (L, L) integer matrix with values 0-65535, L >= 1 (format 4).
 
-    The context coder when every value is within 0-63; up to 256 residues (or when the context
-    coder cannot take the values) lossless JPEG XL too, keeping the smaller.
+    The mixing coder when every value is within 0-63; up to 256 residues (or when the mixing coder
+    cannot take the values) the context coder (values within 0-63) and lossless JPEG XL too,
+    keeping the smallest (the first of equals).
     """
     values = np.asarray(pae, dtype=np.int64)
     candidates = []
+    small = values.shape[0] <= _JPEGXL_TRIED_UP_TO
     if int(values.max(initial=0)) <= CONTEXT_MAX_VALUE:
-        candidates.append((CODEC_CONTEXT, encode_pae_context(values)))
-    if not candidates or values.shape[0] <= _JPEGXL_TRIED_UP_TO:
+        candidates.append((CODEC_MIX, encode_pae_mix(values)))
+        if small:
+            candidates.append((CODEC_CONTEXT, encode_pae_context(values)))
+    if not candidates or small:
         candidates.append(encode_pae_image(values))
     return min(candidates, key=lambda candidate: len(candidate[1]))
 
 
 def decode_pae_payload(data: bytes, codec: int, n: int) -> np.ndarray:
-    """Inverse of :func:`encode_pae_payload`: int64 (n, n), n >= 1.
+    """Inverse of :func:`encode_pae_payload` (and of format 3's): int64 (n, n), n >= 1.
 
     Raises:
         ValueError: unknown codec, or bytes that do not decode to an (n, n) matrix.
     """
+    if codec == CODEC_MIX:
+        return decode_pae_mix(data, n)
     if codec == CODEC_CONTEXT:
         return decode_pae_context(data, n)
     if codec in (CODEC_JPEGXL_8, CODEC_JPEGXL_16):
@@ -550,7 +562,7 @@ def encode_pae_mix(pae: np.ndarray) -> bytes:
 
     def accumulate(t: int, found: np.ndarray) -> np.ndarray:
         coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
-        if n < _MIX_LARGE_FROM or t % 2 == 0:
+        if n < _MIX_LARGE_FROM or t % 4 == 0:
             accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative,
                               coded.astype(np.float64), gram, moment)
         return coded
