@@ -1,9 +1,55 @@
-"""PAE coding for compact records: a context coder (format 3), lossless JPEG XL (2), 2-D deltas (1).
+"""PAE coding for compact records: mixing coder (format 4), context coder (3), JPEG XL (2), 2-D deltas (1).
 
 A PAE matrix is an L x L image of small integers (AFDB v4: integer Angstrom, 0-31) that is smooth
 in blocks (domains) and along the diagonal band, with row and column offsets and +-1 noise.
 
-Format 3 (written): :func:`encode_pae_payload` picks, per record, the context coder (codec 3,
+Format 4 (written): :func:`encode_pae_payload` writes the mixing coder (codec 4,
+:func:`encode_pae_mix`, values 0-63); up to 256 residues it also tries the context coder (codec 3)
+and JPEG XL and keeps the smallest; JPEG XL alone when a value exceeds 63. The mixing coder:
+
+* **prediction**: codec 3's least squares, over a larger causal support: rows -4..0 and columns
+  -6..+4 (46 neighbours) below 512 residues, rows -6..0 and columns -8..+6 (89) from 512 (every
+  offset on an earlier wavefront). The weights are stored in units of 2**-10 as varints, below 512
+  residues against a prior (:data:`_MIX_SMALL`); the fit reads every fourth wavefront from 512
+  residues (encode time; as small as the full fit, within 0.3 %);
+* **binary decisions**: the residual against the prediction's integer origin (mirrored by the
+  fraction as in codec 3) is ``r == 0``, ``r > 0``, then a unary chain ``|r| == 1``, ``|r| == 2``,
+  ... (from the second on one node class per side). Each decision's probability is a logistic mix
+  (integer stretch/squash tables, weights selected by node x activity x whether N and W lie above
+  the prediction) of seven adaptive bit probabilities, one per context: predicted level x
+  activity, the origin, the row and column means of the values decoded so far (coarse and fine),
+  the neighbours' past prediction errors (bias and spread), the distance of the origin from 0 and
+  from the maximum, and N, W, NE, NW against the origin; each times the prediction's distance
+  from the nearest integer in quarters (eighths from 256 residues);
+* **probabilities**: the leaf masses of all values 0..max (products along the chain, integers
+  below 2**41 + 32, exact in float64) per value, a batch of them range coded with ``constriction``
+  (Categorical, as codec 3); the model learns from each batch, value by value, after coding it;
+* **order**: one strip (wavefronts 2r + j: 3L - 2 batches): strip tops predict from their own first
+  row, which cost this support much more than codec 3 (7 strips of 137 rows: 5.8 % smaller than
+  codec 3 at 957 residues; 3 strips: 6.8 %; one: 7.2 % with the same fit).
+
+The model is compiled with numba (:mod:`storage._pae_mix_kernel`) and is integer arithmetic
+throughout, so it is deterministic across platforms; the kernels read the neighbours straight from
+the padded matrix. Sizes on the five real AFDB entries (B per residue², 118 -> 957 residues; codec
+3 in brackets): O05023 0.2455 (0.2549, -3.7 %), P00221 0.1750 (0.1839, -4.8 %), O05012 0.1575
+(0.1720, -8.4 %), Q5VSL9 0.1363 (0.1523, -10.5 %), A0A1U8FD60 0.1864 (0.2014, -7.5 %). CPU time
+at 957 residues (fastest of 3, one process, loaded 2-core machine): decoding 0.48 s (codec 3
+0.23 s), encoding 1.2 s (0.30 s).
+
+How it was chosen (ideal code lengths, sum of -log2 p, against codec 3, at 957 / 118 residues; the
+scripts were scratch): codec 3's count model with a larger support -2.6 / -1.2 % (36 neighbours),
+-2.8 / -1.2 % (46), -3.1 / +0.6 % (89, weights as int16); binary mixing with codec 3's 16
+neighbours -1.8 / -1.4 %; mixing with 46 -5.0 / -2.5 %, + eighths -5.4 / -1.9 % (so eighths only
+from 256 residues), 89 neighbours -5.95 % at 957 (all with codec 3's 7 strips). Not adopted: an
+APM/SSE stage after the mixer (0.05-0.3 % larger), mixer weights also by fraction (+0.1 %),
+sixteenths (no gain), more unary node classes (2, 3, 4, 6, 10: the same), contexts from the
+transposed value, texture bits and gradients (no gain; dropped models: activity alone, texture,
+gradient each changed < 0.01 %), weights per strip of rows (-0.1 % at 957, +0.6 % at 411) or per
+activity class (-0.2 to -0.7 %, +0.2 % at 411), blending several predictors by their local errors
+(TMW style: the global 46-neighbour fit with activity-split fits, codec 3's 16-neighbour fit,
+row-only and column-only fits: -0.06 % at best, up to +2.4 %), weights in units of 2**-9 (+1.4 %).
+
+Format 3 (still read; what its :func:`encode_pae_payload` wrote): per record the context coder (codec 3,
 for values 0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the
 smaller; JPEG XL is tried only up to 256 residues (tens of ms there; above, it takes about 0.8 s
 to encode at 957 residues and was 11-16 % larger on the three real entries above 256 residues),
