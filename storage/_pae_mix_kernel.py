@@ -27,7 +27,7 @@ MODELS = 7  # context models mixed per decision
 TAIL = 2  # unary decisions per side with their own node class (the later ones share the last)
 NODES = 2 + 2 * TAIL  # node classes: zero, sign, TAIL per side
 MIX_SETS = 64  # mixer weight sets per node class (11 activity classes x 4 texture patterns, padded)
-_COUNT_LIMIT = 1023  # adaptive bit probabilities: rate 2 / (2 n + 3), n capped here
+_COUNT_LIMIT = 255  # adaptive bit probabilities: rate 2 / (2 n + 3), n capped here
 _MIX_SHIFT = 16  # mixer learning rate 2**-16
 _MASS = 1 << 40  # total leaf mass before the +1 floor
 _ACTIVITY_EDGES = (0, 1, 2, 3, 4, 6, 8, 11, 15, 20)
@@ -100,12 +100,18 @@ def model_batch(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relat
     each value's features (prediction, activity, N, W, NE, NW, NN, WW), context offsets and
     (origin, sign, mixer set) for :func:`update_batch`.
     """
-    used = len(taps)
-    for i in range(features.shape[0]):
-        centre = (low + i + pad) * stride + pad + t - 2 * (low + i)
-        prediction = 0
-        for k in range(used):
-            prediction += taps[k] * np.int64(grid[centre + relative[k]])
+    used, m = len(taps), features.shape[0]
+    first, along = (low + pad) * stride + pad + t - 2 * low, stride - 2  # value i's cell: first + i * along
+    # the predictions, tap by tap over the batch: float64 products and sums of integers far below
+    # 2**53 are exact in any order (or fused), so this is integer arithmetic, vectorised
+    sums = np.zeros(m)
+    for k in range(used):
+        tap, at = float(taps[k]), first + relative[k]
+        for i in range(m):
+            sums[i] += tap * grid[at + i * along]
+    for i in range(m):
+        centre = first + i * along
+        prediction = int(sums[i])
         features[i, 0] = prediction
         for k in range(6):
             features[i, 2 + k] = np.int64(grid[centre + relative[used + k]])
@@ -231,18 +237,23 @@ def update_batch(values: np.ndarray, features: np.ndarray, t: int, low: int, n: 
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def accumulate_normal(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relative: np.ndarray,
-                      values: np.ndarray, gram: np.ndarray, moment: np.ndarray) -> None:  # pragma: no cover
-    """gram += X^T X, moment += X^T values, X = the predictor's neighbours of each value of the
+def accumulate_normal(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relative: np.ndarray, used: int,
+                      values: np.ndarray, gram: np.ndarray, moment: np.ndarray, damp: float) -> None:  # pragma: no cover
+    """gram += X^T W X, moment += X^T W values, X = the predictor's neighbours of each value of the
     batch (as in :func:`model_batch`; the encoder's least-squares fit, whose rounding does not
-    matter to the decoder)."""
-    used = len(relative)
+    matter to the decoder), W = 1 / (damp + activity) (1 when damp is 0)."""
     x = np.zeros(used)
     for i in range(values.shape[0]):
         centre = (low + i + pad) * stride + pad + t - 2 * (low + i)
         for a in range(used):
             x[a] = grid[centre + relative[a]]
+        weight = 1.0
+        if damp > 0:
+            differences = 0.0
+            for k in range(5):
+                differences += abs(grid[centre + relative[used + 6 + 2 * k]] - grid[centre + relative[used + 7 + 2 * k]])
+            weight = 1.0 / (damp + differences)
         for a in range(used):
-            moment[a] += x[a] * values[i]
+            moment[a] += weight * x[a] * values[i]
             for b in range(a, used):
-                gram[a, b] += x[a] * x[b]
+                gram[a, b] += weight * x[a] * x[b]

@@ -8,10 +8,10 @@ Format 4 (written): :func:`encode_pae_payload` writes the mixing coder (codec 4,
 and JPEG XL and keeps the smallest; JPEG XL alone when a value exceeds 63. The mixing coder:
 
 * **prediction**: codec 3's least squares, over a larger causal support: rows -4..0 and columns
-  -6..+4 (46 neighbours) below 512 residues, rows -6..0 and columns -8..+6 (89) from 512 (every
-  offset on an earlier wavefront). The weights are stored in units of 2**-10 as varints, below 512
-  residues against a prior (:data:`_MIX_SMALL`); the fit reads every fourth wavefront from 512
-  residues (encode time; as small as the full fit, within 0.3 %);
+  -6..+4 (46 neighbours) below 512 residues, rows -8..0 and columns -14..+8 (182) from 512 (every
+  offset on an earlier wavefront), each value weighted 1 / (2 + its activity) in the fit; the
+  rounded weights keep the fitted sum. Stored as varints (:data:`_MIX_SMALL`, :data:`_MIX_LARGE`);
+  from 512 residues the fit reads every 8th wavefront (encode time);
 * **binary decisions**: the residual against the prediction's integer origin (mirrored by the
   fraction as in codec 3) is ``r == 0``, ``r > 0``, then a unary chain ``|r| == 1``, ``|r| == 2``,
   ... (from the second on one node class per side). Each decision's probability is a logistic mix
@@ -25,29 +25,34 @@ and JPEG XL and keeps the smallest; JPEG XL alone when a value exceeds 63. The m
   below 2**41 + 32, exact in float64) per value, a batch of them range coded with ``constriction``
   (Categorical, as codec 3); the model learns from each batch, value by value, after coding it;
 * **order**: one strip (wavefronts 2r + j: 3L - 2 batches): strip tops predict from their own first
-  row, which cost this support much more than codec 3 (7 strips of 137 rows: 5.8 % smaller than
-  codec 3 at 957 residues; 3 strips: 6.8 %; one: 7.2 % with the same fit).
+  row, which cost this support much more than codec 3 (at 957 residues with 89 neighbours, 7
+  strips of 137 rows: 5.8 % smaller than codec 3; 3 strips: 6.8 %; one: 7.2 %).
 
 The model is compiled with numba (:mod:`storage._pae_mix_kernel`) and is integer arithmetic
-throughout, so it is deterministic across platforms; the kernels read the neighbours straight from
-the padded matrix. Sizes on the five real AFDB entries (B per residue², 118 -> 957 residues; codec
-3 in brackets): O05023 0.2455 (0.2549, -3.7 %), P00221 0.1750 (0.1839, -4.8 %), O05012 0.1575
-(0.1720, -8.4 %), Q5VSL9 0.1363 (0.1523, -10.5 %), A0A1U8FD60 0.1864 (0.2014, -7.5 %). CPU time
-at 957 residues (fastest of 3, one process, loaded 2-core machine): decoding 0.48 s (codec 3
-0.23 s), encoding 1.2 s (0.30 s).
+throughout (the predictions are float64 sums of integer products far below 2**53, exact in any
+order), so it is deterministic across platforms; the kernels read the neighbours straight from the
+padded matrix. Sizes on the five real AFDB entries (B per residue², 118 -> 957 residues; codec 3
+in brackets): O05023 0.2453 (0.2549, -3.7 %), P00221 0.1735 (0.1839, -5.6 %), O05012 0.1573
+(0.1720, -8.6 %), Q5VSL9 0.1352 (0.1523, -11.3 %), A0A1U8FD60 0.1850 (0.2014, -8.2 %). CPU time at
+957 residues (fastest of 3, one process, loaded 2-core machine): decoding 0.53 s (codec 3 0.24 s),
+encoding 2.6 s (0.30 s; most of it the 182 x 182 normal equations).
 
 How it was chosen (ideal code lengths, sum of -log2 p, against codec 3, at 957 / 118 residues; the
 scripts were scratch): codec 3's count model with a larger support -2.6 / -1.2 % (36 neighbours),
 -2.8 / -1.2 % (46), -3.1 / +0.6 % (89, weights as int16); binary mixing with codec 3's 16
 neighbours -1.8 / -1.4 %; mixing with 46 -5.0 / -2.5 %, + eighths -5.4 / -1.9 % (so eighths only
-from 256 residues), 89 neighbours -5.95 % at 957 (all with codec 3's 7 strips). Not adopted: an
-APM/SSE stage after the mixer (0.05-0.3 % larger), mixer weights also by fraction (+0.1 %),
-sixteenths (no gain), more unary node classes (2, 3, 4, 6, 10: the same), contexts from the
-transposed value, texture bits and gradients (no gain; dropped models: activity alone, texture,
-gradient each changed < 0.01 %), weights per strip of rows (-0.1 % at 957, +0.6 % at 411) or per
-activity class (-0.2 to -0.7 %, +0.2 % at 411), blending several predictors by their local errors
-(TMW style: the global 46-neighbour fit with activity-split fits, codec 3's 16-neighbour fit,
-row-only and column-only fits: -0.06 % at best, up to +2.4 %), weights in units of 2**-9 (+1.4 %).
+from 256 residues), 89 neighbours -5.95 % at 957 (all with codec 3's 7 strips). Then the coder
+itself, one strip, at 957 residues: 89 neighbours -7.45 %, (rows, left, right) = (7, 10, 7) -7.7 %,
+(7, 12, 7) with the damped fit and counts capped at 255 -8.0 %, (8, 12, 8) -8.05 %, (8, 14, 8)
+-8.2 %; the damped fit -0.1 %, the kept weight sum -0.1 %. Not adopted: an APM/SSE stage after the
+mixer (0.05-0.3 % larger), mixer weights also by fraction (+0.1 %), sixteenths (no gain), more
+unary node classes (2, 3, 4, 6, 10: the same), mixer learning rates 2**-15 / 2**-17 (+0.1 %),
+contexts from the transposed value, texture bits and gradients (no gain; dropped models: activity
+alone, texture, gradient each changed < 0.01 %), weights per strip of rows (-0.1 % at 957, +0.6 %
+at 411) or per activity class (-0.2 to -0.7 %, +0.2 % at 411), blending several predictors by
+their local errors (TMW style: the global 46-neighbour fit with activity-split fits, codec 3's
+16-neighbour fit, row-only and column-only fits: -0.06 % at best, up to +2.4 %), weights in units
+of 2**-9 (+1.4 %).
 
 Format 3 (still read; what its :func:`encode_pae_payload` wrote): per record the context coder (codec 3,
 for values 0-63) or lossless JPEG XL (codecs 1/2 = 8/16-bit samples, format 2's coding), the
@@ -499,8 +504,8 @@ class _Support:
     """A predictor support of codec 4: rows -``rows``..0, columns -``left``..+``right``, every offset
     with 2 * row + column < 0 (an earlier wavefront), and the :class:`_Layout` that reads it."""
 
-    def __init__(self, rows: int, left: int, right: int, prior: tuple[int, ...] | None) -> None:
-        self.rows, self.left, self.right, self.prior = rows, left, right, prior
+    def __init__(self, rows: int, left: int, right: int, step: int, prior: tuple[int, ...] | None) -> None:
+        self.rows, self.left, self.right, self.step, self.prior = rows, left, right, step, prior
         self.offsets = tuple((dr, dc) for dr in range(-rows, 1) for dc in range(-left, right + 1) if 2 * dr + dc < 0)
         self.pad, self.block = max(rows, left, right), (rows + 1, left + right + 1)
         pairs = [_OFFSETS[k] for pair in _ACTIVITY_PAIRS for k in pair]
@@ -531,16 +536,19 @@ class _Support:
 
 #: N, W, NE, NW, NN, WW: the raw neighbours the mixing model's contexts read.
 _MIX_NEIGHBOURS = ((-1, 0), (0, -1), (-1, 1), (-1, -1), (-2, 0), (0, -2))
-#: Stored weights are in units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 costs 1.4 % at 957
-#: residues), as zigzag LEB128 varints; below 512 residues (46 weights) of their difference from a
-#: prior, the rounded mean of the fits of the five AFDB entries in tests/data/afdb (one byte each
-#: when within +-63; 46 bytes instead of 92, 1.3 % of the 118-residue entry).
-_MIX_WEIGHT_STEP = 4
-_MIX_SMALL = _Support(4, 6, 4, (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17,
-                                -2, 3, 9, -14, -19, -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68, -28,
-                                367, 85, 10, 6, 129, 186, 209, 393))
-_MIX_LARGE = _Support(6, 8, 6, None)  # 89 neighbours
-_MIX_LARGE_FROM = 512  # residues: from here the large support, and the fit reads every other wavefront
+#: Supports: below 512 residues rows -4..0, columns -6..+4 (46 neighbours), the weights stored in
+#: units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 cost 1.4 % at 957 residues) as zigzag
+#: LEB128 varints of their difference from a prior, the rounded mean of the fits of the five AFDB
+#: entries in tests/data/afdb (one byte each when within +-63: 46 bytes instead of 92, 1.3 % of the
+#: 118-residue entry); from 512 rows -8..0, columns -14..+8 (182 neighbours), weights in units of
+#: 2**-12 as varints of themselves (2 bytes each), fitted to every 8th wavefront (encode time).
+_MIX_SMALL = _Support(4, 6, 4, 4, (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17,
+                                   -2, 3, 9, -14, -19, -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68,
+                                   -28, 367, 85, 10, 6, 129, 186, 209, 393))
+_MIX_LARGE = _Support(8, 14, 8, 1, None)
+_MIX_LARGE_FROM = 512  # residues
+_MIX_FIT_EVERY = 8  # from 512 residues the fit reads every 8th wavefront (0.02 % larger than every 4th)
+_MIX_FIT_DAMP = 2.0  # the fit weighs each value by 1 / (2 + its activity): 0.1 % smaller than plain
 _MIX_EIGHTHS_FROM = 256  # residues: from here the prediction's fraction has 4 classes (eighths), else 2
 
 
@@ -603,21 +611,29 @@ def encode_pae_mix(pae: np.ndarray) -> bytes:
     from storage._pae_mix_kernel import accumulate_normal
 
     used = len(support.offsets)
-    relative = support.relative(layout)[:used]
+    relative = support.relative(layout)
+    every = _MIX_FIT_EVERY if n >= _MIX_LARGE_FROM else 1
     gram, moment = np.zeros((used, used)), np.zeros(used)
 
     def accumulate(t: int, found: np.ndarray) -> np.ndarray:
         coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
-        if n < _MIX_LARGE_FROM or t % 4 == 0:
-            accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative,
-                              coded.astype(np.float64), gram, moment)
+        if t % every == 0:
+            accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative, used,
+                              coded.astype(np.float64), gram, moment, _MIX_FIT_DAMP)
         return coded
 
     support.scan(layout, accumulate)
     gram = np.triu(gram) + np.triu(gram, 1).T
     fitted, *_ = np.linalg.lstsq(gram, moment, rcond=None)
-    step = _MIX_WEIGHT_STEP
-    weights = np.clip(np.round(fitted * ((1 << _SHIFT) // step)), -32768, 32767).astype(np.int64) * step
+    step = support.step
+    scaled = fitted * ((1 << _SHIFT) // step)
+    weights = np.round(scaled).astype(np.int64)
+    # keep the rounded weights' sum at the fitted sum, rounded (a sum off biases every prediction;
+    # 0.1 % smaller at 957 residues): undo the roundings that pushed it furthest
+    excess = int(weights.sum() - np.round(scaled.sum()))
+    pushed = np.argsort((weights - scaled) * np.sign(excess), kind="stable")[::-1]
+    weights[pushed[: abs(excess)]] -= np.sign(excess)
+    weights = np.clip(weights, -32768, 32767) * step
     coder = _MixCoder(n, vmax, weights)
     encoder = constriction.stream.queue.RangeEncoder()
     categorical = constriction.stream.model.Categorical(perfect=False)
@@ -682,7 +698,7 @@ def decode_pae_mix(data: bytes, n: int) -> np.ndarray:
     deltas, head = _read_varints(data, _CONTEXT_HEADER.size, len(support.offsets))
     if (len(data) - head) % 4:
         raise ValueError("compact record: the PAE mixing coding is truncated")
-    weights = (deltas + np.array(support.prior or 0)) * _MIX_WEIGHT_STEP
+    weights = (deltas + np.array(support.prior or 0)) * support.step
     words = np.frombuffer(data, "<u4", offset=head).astype(np.uint32)
     coder = _MixCoder(n, vmax, weights)
     decoder = constriction.stream.queue.RangeDecoder(words)
