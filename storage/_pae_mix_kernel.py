@@ -104,14 +104,18 @@ def model_batch(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relat
     first, along = (low + pad) * stride + pad + t - 2 * low, stride - 2  # value i's cell: first + i * along
     # the predictions, tap by tap over the batch: float64 products and sums of integers far below
     # 2**53 are exact in any order (or fused), so this is integer arithmetic, vectorised
-    sums = np.zeros(m)
-    for k in range(used):
-        tap, at = float(taps[k]), first + relative[k]
-        for i in range(m):
-            sums[i] += tap * grid[at + i * along]
+    quads = used - used % 4
     for i in range(m):
         centre = first + i * along
-        prediction = int(sums[i])
+        s0 = s1 = s2 = s3 = 0.0
+        for k in range(0, quads, 4):
+            s0 += taps[k] * grid[centre + relative[k]]
+            s1 += taps[k + 1] * grid[centre + relative[k + 1]]
+            s2 += taps[k + 2] * grid[centre + relative[k + 2]]
+            s3 += taps[k + 3] * grid[centre + relative[k + 3]]
+        for k in range(quads, used):
+            s0 += taps[k] * grid[centre + relative[k]]
+        prediction = int((s0 + s1) + (s2 + s3))
         features[i, 0] = prediction
         for k in range(6):
             features[i, 2 + k] = np.int64(grid[centre + relative[used + k]])
@@ -236,24 +240,34 @@ def update_batch(values: np.ndarray, features: np.ndarray, t: int, low: int, n: 
         col_count[c] += 1
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=True)
 def accumulate_normal(grid: np.ndarray, t: int, low: int, stride: int, pad: int, relative: np.ndarray, used: int,
-                      values: np.ndarray, gram: np.ndarray, moment: np.ndarray, damp: float) -> None:  # pragma: no cover
-    """gram += X^T W X, moment += X^T W values, X = the predictor's neighbours of each value of the
-    batch (as in :func:`model_batch`; the encoder's least-squares fit, whose rounding does not
-    matter to the decoder), W = 1 / (damp + activity) (1 when damp is 0)."""
-    x = np.zeros(used)
-    for i in range(values.shape[0]):
-        centre = (low + i + pad) * stride + pad + t - 2 * (low + i)
+                      damp: float, values: np.ndarray, columns: np.ndarray, gram: np.ndarray,
+                      moment: np.ndarray) -> None:  # pragma: no cover - compiled
+    """gram += X^T S X and moment += X^T S values for the batch's values (the encoder's least
+    squares: floating point in any order, fastmath; the decoder only sees the rounded weights).
+
+    X's rows are the predictor's neighbours of each value (as in :func:`model_batch`), S weighs
+    each value by 1 / (damp + its activity); ``columns`` is scratch of at least (used, batch size).
+    """
+    first, along, m = (low + pad) * stride + pad + t - 2 * low, stride - 2, values.shape[0]
+    scale = np.empty(m)
+    for i in range(m):
+        centre = first + i * along
         for a in range(used):
-            x[a] = grid[centre + relative[a]]
-        weight = 1.0
-        if damp > 0:
-            differences = 0.0
-            for k in range(5):
-                differences += abs(grid[centre + relative[used + 6 + 2 * k]] - grid[centre + relative[used + 7 + 2 * k]])
-            weight = 1.0 / (damp + differences)
-        for a in range(used):
-            moment[a] += weight * x[a] * values[i]
-            for b in range(a, used):
-                gram[a, b] += weight * x[a] * x[b]
+            columns[a, i] = grid[centre + relative[a]]
+        differences = 0.0
+        for k in range(5):
+            differences += abs(grid[centre + relative[used + 6 + 2 * k]] - grid[centre + relative[used + 7 + 2 * k]])
+        scale[i] = 1.0 / (damp + differences)
+    for a in range(used):
+        weighted = columns[a, :m] * scale
+        total = 0.0
+        for i in range(m):
+            total += weighted[i] * values[i]
+        moment[a] += total
+        for b in range(a, used):
+            total = 0.0
+            for i in range(m):
+                total += weighted[i] * columns[b, i]
+            gram[a, b] += total

@@ -45,7 +45,7 @@ pLDDT differences too, with one-byte models chosen per group of values
 (:mod:`storage.compact_entropy`, ``constriction``). Coordinates + pLDDT: 25.3-26.9 B per residue
 on the five AFDB entries of ``tests/data/afdb`` (format 2: 31.6-38.8).
 
-PAE (:mod:`storage.compact_pae`): format 4 a mixing coder (least-squares prediction from 46 or 182
+PAE (:mod:`storage.compact_pae`): format 4 a mixing coder (least-squares prediction from 46 or 236
 causal neighbours, binary decisions whose probabilities mix seven adaptive context models, range
 coding; 3.7-11.3 % smaller than format 3's context coder on the five real AFDB entries), up to 256
 residues the context coder or lossless JPEG XL where smaller, lossless JPEG XL where values exceed

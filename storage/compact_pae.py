@@ -8,7 +8,7 @@ Format 4 (written): :func:`encode_pae_payload` writes the mixing coder (codec 4,
 and JPEG XL and keeps the smallest; JPEG XL alone when a value exceeds 63. The mixing coder:
 
 * **prediction**: codec 3's least squares, over a larger causal support: rows -4..0 and columns
-  -6..+4 (46 neighbours) below 512 residues, rows -8..0 and columns -14..+8 (182) from 512 (every
+  -6..+4 (46 neighbours) below 512 residues, rows -8..0 and columns -20..+8 (236) from 512 (every
   offset on an earlier wavefront), each value weighted 1 / (2 + its activity) in the fit; the
   rounded weights keep the fitted sum. Stored as varints (:data:`_MIX_SMALL`, :data:`_MIX_LARGE`);
   from 512 residues the fit reads every 8th wavefront (encode time);
@@ -33,9 +33,9 @@ throughout (the predictions are float64 sums of integer products far below 2**53
 order), so it is deterministic across platforms; the kernels read the neighbours straight from the
 padded matrix. Sizes on the five real AFDB entries (B per residue², 118 -> 957 residues; codec 3
 in brackets): O05023 0.2453 (0.2549, -3.7 %), P00221 0.1735 (0.1839, -5.6 %), O05012 0.1573
-(0.1720, -8.6 %), Q5VSL9 0.1352 (0.1523, -11.3 %), A0A1U8FD60 0.1850 (0.2014, -8.2 %). CPU time at
-957 residues (fastest of 3, one process, loaded 2-core machine): decoding 0.53 s (codec 3 0.24 s),
-encoding 2.6 s (0.30 s; most of it the 182 x 182 normal equations).
+(0.1720, -8.6 %), Q5VSL9 0.1351 (0.1523, -11.3 %), A0A1U8FD60 0.1838 (0.2014, -8.7 %). CPU time at
+957 residues (fastest of 3, one process, loaded 2-core machine): decoding 0.54 s (codec 3 0.22 s),
+encoding 1.5 s (0.28 s; half of it the 236 x 236 normal equations).
 
 How it was chosen (ideal code lengths, sum of -log2 p, against codec 3, at 957 / 118 residues; the
 scripts were scratch): codec 3's count model with a larger support -2.6 / -1.2 % (36 neighbours),
@@ -44,7 +44,10 @@ neighbours -1.8 / -1.4 %; mixing with 46 -5.0 / -2.5 %, + eighths -5.4 / -1.9 % 
 from 256 residues), 89 neighbours -5.95 % at 957 (all with codec 3's 7 strips). Then the coder
 itself, one strip, at 957 residues: 89 neighbours -7.45 %, (rows, left, right) = (7, 10, 7) -7.7 %,
 (7, 12, 7) with the damped fit and counts capped at 255 -8.0 %, (8, 12, 8) -8.05 %, (8, 14, 8)
--8.2 %; the damped fit -0.1 %, the kept weight sum -0.1 %. Not adopted: an APM/SSE stage after the
+-8.2 %, (8, 16, 8) -8.3 %, (8, 20, 8) -8.75 % (adopted), (8, 28, 8) -9.1 % (decoding 10 % and
+encoding 50 % slower; at 837 residues no gain past 20 columns), (4, 28, 4) -8.6 %; the damped fit
+-0.1 %, the kept weight sum -0.1 %, one unary node class per side instead of two +0.07 % (-0.2 %
+at 118 and 147 residues). Not adopted: an APM/SSE stage after the
 mixer (0.05-0.3 % larger), mixer weights also by fraction (+0.1 %), sixteenths (no gain), more
 unary node classes (2, 3, 4, 6, 10: the same), mixer learning rates 2**-15 / 2**-17 (+0.1 %),
 contexts from the transposed value, texture bits and gradients (no gain; dropped models: activity
@@ -244,18 +247,20 @@ _CONTEXT_HEADER = struct.Struct("<BI")  # max value, CRC-32 of the matrix (uint8
 class _Layout:
     """Coding order, border cells and strided views of an n x n matrix cut into horizontal strips.
 
-    The rows are cut into ``strips`` strips of ``height`` rows (n // 128 strips; the last one may
-    have fewer rows), coded side by side; within a strip, value (r, j) (r: row in the strip) is on
-    wavefront t = 2r + j. A value depends only on values of earlier wavefronts of its own strip
-    (every neighbour offset has 2 * row + column < 0), so each wavefront of all strips is modelled
-    and coded as one vectorised batch, strip by strip, rows in order: 2 * height + n - 2 batches
-    instead of n^2 single values. Each strip is stored with ``_PAD`` border rows above it and
-    border columns either side, in one flat float64 array (``values``, exact small integers):
-    the left border of row r holds the value above its first column until that is coded, then
-    (r, 0); the right border (r, n - 1); the top border at column c: (0, c - 3), so the first row
-    of a strip predicts from its own left values (:meth:`fill_borders`, run by encoder and decoder
-    alike after each wavefront). A batch's cells and their 4 x 6 neighbourhoods are strided views
-    of that array (:meth:`views`), read and written without index arrays.
+    The rows are cut into ``strips`` strips of ``height`` rows (n // ``strip`` strips, codec 3:
+    128, codec 4: one; the last one may have fewer rows), coded side by side; within a strip, value
+    (r, j) (r: row in the strip) is on wavefront t = 2r + j. A value depends only on values of
+    earlier wavefronts of its own strip (every neighbour offset has 2 * row + column < 0), so each
+    wavefront of all strips is modelled and coded as one vectorised batch, strip by strip, rows in
+    order: 2 * height + n - 2 batches instead of n^2 single values. Each strip is stored with
+    ``pad`` border rows above it and border columns either side, in one flat float64 array
+    (``values``, exact small integers): the left border of row r holds the value above its first
+    column until that is coded, then (r, 0); the right border (r, n - 1); the top border at column
+    c: (0, c - right - 1) (``right``: the farthest column offset to the right, codec 3: 2), so the
+    first row of a strip predicts from its own left values (:meth:`fill_borders`, run by encoder
+    and decoder alike after each wavefront). A batch's cells and their ``block`` neighbourhoods
+    (rows x columns, codec 3: 4 x 6) are strided views of that array (:meth:`views`), read and
+    written without index arrays.
     """
 
     def __init__(self, n: int, pad: int = _PAD, block: tuple[int, int] = _BLOCK, right: int = 2,
@@ -518,8 +523,9 @@ class _Support:
         return np.ascontiguousarray(self.read[:, 0] * layout.stride + self.read[:, 1])
 
     def layout(self, n: int) -> _Layout:
-        """One strip (n rows): a strip's first rows predict from its own first row, which cost
-        codec 4 (6 rows of 89 neighbours) 1.4 % at 957 residues with 3 strips, 5 % with 7."""
+        """One strip (n rows): a strip's first rows predict from their own first row, which cost
+        codec 4 much more than codec 3 (89 neighbours at 957 residues: 3 strips 0.5 % larger than
+        one, 7 strips 1.5 %)."""
         return _Layout(n, pad=self.pad, block=self.block, right=self.right, strip=max(1, n))
 
     def scan(self, layout: _Layout, step: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
@@ -540,14 +546,14 @@ _MIX_NEIGHBOURS = ((-1, 0), (0, -1), (-1, 1), (-1, -1), (-2, 0), (0, -2))
 #: units of 2**-10 (the predictor's 2**-12 times 4; 2**-9 cost 1.4 % at 957 residues) as zigzag
 #: LEB128 varints of their difference from a prior, the rounded mean of the fits of the five AFDB
 #: entries in tests/data/afdb (one byte each when within +-63: 46 bytes instead of 92, 1.3 % of the
-#: 118-residue entry); from 512 rows -8..0, columns -14..+8 (182 neighbours), weights in units of
+#: 118-residue entry); from 512 rows -8..0, columns -20..+8 (236 neighbours), weights in units of
 #: 2**-12 as varints of themselves (2 bytes each), fitted to every 8th wavefront (encode time).
 _MIX_SMALL = _Support(4, 6, 4, 4, (12, 28, 35, -16, -58, -87, 107, -14, -5, -9, -8, -6, -9, -5, 13, -31, -85, 133, -17,
                                    -2, 3, 9, -14, -19, -45, -30, -5, -58, 161, -14, -1, 23, -29, -45, -88, -89, -68,
                                    -28, 367, 85, 10, 6, 129, 186, 209, 393))
-_MIX_LARGE = _Support(8, 14, 8, 1, None)
+_MIX_LARGE = _Support(8, 20, 8, 1, None)
 _MIX_LARGE_FROM = 512  # residues
-_MIX_FIT_EVERY = 8  # from 512 residues the fit reads every 8th wavefront (0.02 % larger than every 4th)
+_MIX_FIT_EVERY = 8  # from 512 residues the fit reads every 8th wavefront (every 16th: 0.1 % larger)
 _MIX_FIT_DAMP = 2.0  # the fit weighs each value by 1 / (2 + its activity): 0.1 % smaller than plain
 _MIX_EIGHTHS_FROM = 256  # residues: from here the prediction's fraction has 4 classes (eighths), else 2
 
@@ -565,7 +571,7 @@ class _MixCoder:
         self.kernel, self.n, self.vmax = kernel, n, vmax
         support = _mix_support(n)
         self.layout = support.layout(n)
-        self.relative, self.taps = support.relative(self.layout), np.ascontiguousarray(weights, dtype=np.int64)
+        self.relative, self.taps = support.relative(self.layout), np.ascontiguousarray(weights, dtype=np.float64)
         self.fractions = 4 if n >= _MIX_EIGHTHS_FROM else 2
         self.state = kernel.new_state(n, self.fractions)
         largest = int(np.diff(self.layout.bounds).max(initial=1))
@@ -614,12 +620,13 @@ def encode_pae_mix(pae: np.ndarray) -> bytes:
     relative = support.relative(layout)
     every = _MIX_FIT_EVERY if n >= _MIX_LARGE_FROM else 1
     gram, moment = np.zeros((used, used)), np.zeros(used)
+    columns = np.zeros((used, int(np.diff(layout.bounds).max(initial=1))))
 
     def accumulate(t: int, found: np.ndarray) -> np.ndarray:
         coded = flat[layout.bounds[t] : layout.bounds[t + 1]]
         if t % every == 0:
-            accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative, used,
-                              coded.astype(np.float64), gram, moment, _MIX_FIT_DAMP)
+            accumulate_normal(found, t, int(layout.low[t]), layout.stride, layout.pad, relative, used, _MIX_FIT_DAMP,
+                              coded.astype(np.float64), columns, gram, moment)
         return coded
 
     support.scan(layout, accumulate)
