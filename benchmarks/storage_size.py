@@ -18,7 +18,8 @@ chain = format 1, with the backbone frames = format 2, each zigzag + byte-shuffl
 3, stored: backbone and side-chain frames against built-in geometry, range coded, see
 :mod:`storage.compact_model`), and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless
 JPEG XL = format 2, at effort 7/9 as format 2 writes it and at effort 9; the context coder of format
-3 alone and as stored: it, or JPEG XL up to 256 residues where smaller); the import time and, per
+3; the mixing coder of format 4 alone and as stored: it, or up to 256 residues the context coder or
+JPEG XL where smaller); the import time and, per
 entry (fastest of 3), the decode time without the PAE, the PAE decode time, and record -> ModelCIF
 text (what ``foldatlas get`` does for an mmCIF).
 
@@ -138,7 +139,7 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
     from storage import compact, compact_model
     from storage.afdb_json import read_pae_json
     from storage.compact_geometry import chain_frames, encode_coordinates
-    from storage.compact_pae import encode_pae_context, encode_pae_image, encode_pae_payload, pae_deltas
+    from storage.compact_pae import encode_pae_context, encode_pae_image, encode_pae_mix, encode_pae_payload, pae_deltas
     from storage.mmcif import read_modelcif
 
     contents = read_modelcif(_read(_find(data, accession, "cif")))
@@ -174,8 +175,9 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
             "jpegxl_lossless (format 2)": len(encode_pae_image(pae)[1]) / n**2,
             "jpegxl_lossless_effort_9": len(imagecodecs.jpegxl_encode(
                 pae.astype(np.uint8), lossless=True, effort=9, numthreads=1)) / n**2,
-            "context_coder": len(encode_pae_context(pae)) / n**2,
-            "format 3, stored (context coder; JPEG XL too up to 256 residues, the smaller)":
+            "context_coder (format 3)": len(encode_pae_context(pae)) / n**2,
+            "mixing_coder": len(encode_pae_mix(pae)) / n**2,
+            "format 4, stored (mixing coder; context coder and JPEG XL too up to 256 residues, the smallest)":
                 len(encode_pae_payload(pae)[1]) / n**2,
         },
     }

@@ -15,8 +15,11 @@ the sequence does not imply:
   unknown residues) falls back to an explicit packed atom mask;
 * a small JSON object (``meta``) for the rest: sequence, max PAE, pTM, model and provenance.
 
-Encoding (format version 3, written; formats 1 and 2 are still read)
-----------------------------------------------------------------------
+Encoding (format version 4, written; formats 1-3 are still read)
+-----------------------------------------------------------------
+Format 4 is format 3 with one more PAE codec (the mixing coder, below); everything else is
+byte-identical to format 3.
+
 Coordinates (:mod:`storage.compact_geometry`): each atom has a bonded *reference* atom known to
 the decoder first: CA the previous residue's CA, N/C/CB their residue's CA, O/OXT their C,
 side-chain atoms their covalent parent (:data:`_PARENT`). An atom whose reference P has two more
@@ -42,9 +45,13 @@ pLDDT differences too, with one-byte models chosen per group of values
 (:mod:`storage.compact_entropy`, ``constriction``). Coordinates + pLDDT: 25.3-26.9 B per residue
 on the five AFDB entries of ``tests/data/afdb`` (format 2: 31.6-38.8).
 
-PAE (:mod:`storage.compact_pae`): format 3 a context coder (least-squares prediction from 16
-causal neighbours, adaptive contexts, range coding; 7-14 % smaller than JPEG XL on real AFDB
-entries) or, where smaller or values exceed 63, lossless JPEG XL; format 2 always a lossless JPEG
+PAE (:mod:`storage.compact_pae`): format 4 a mixing coder (least-squares prediction from 46 or 236
+causal neighbours, binary decisions whose probabilities mix seven adaptive context models, range
+coding; 3.7-11.3 % smaller than format 3's context coder on the five real AFDB entries), up to 256
+residues the context coder or lossless JPEG XL where smaller, lossless JPEG XL where values exceed
+63; format 3 a context coder (least-squares prediction from 16 causal neighbours, adaptive
+contexts, range coding; 7-14 % smaller than JPEG XL on real AFDB entries) or, where smaller or
+values exceed 63, lossless JPEG XL; format 2 always a lossless JPEG
 XL greyscale image; format 1 2-D differences (each value minus its upper and left neighbours plus
 the upper-left one) in the integer coding. Decoding is vectorised: cumulative sums along the chain, the atoms level by level (a level
 = one more than every atom it uses), and the PAE only when asked for (:func:`decode_structure`
@@ -57,9 +64,9 @@ Byte layout (little-endian)::
 flags: bit 0 = explicit atom mask section present, bit 1 = OXT on the last residue (template
 mode), bit 2 = PAE present. Each section is ``width u8 | count u32 | stored u32 | bytes``
 (``width`` 0 = opaque bytes, else bytes per integer; the bytes are zstd frames, except the PAE
-section of formats 2 and 3: ``count`` L*L, ``width`` the codec (:data:`storage.compact_pae.PAE_CODECS`;
-format 2 only 1 or 2): 1 or 2 = a JPEG XL codestream as is with 1- or 2-byte samples, 3 = the
-context coder's bytes; and the format 3 coordinate and pLDDT sections: ``width`` 0, ``count``
+section of formats 2-4: ``count`` L*L, ``width`` the codec (:data:`storage.compact_pae.PAE_CODECS_OF`:
+format 2 only 1 or 2, format 3 up to 3): 1 or 2 = a JPEG XL codestream as is with 1- or 2-byte
+samples, 3 = the context coder's bytes, 4 = the mixing coder's; and the format 3-4 coordinate and pLDDT sections: ``width`` 0, ``count``
 n_atoms or L, the model bytes and range-coded words as is). Sections in order: meta JSON, [mask
 bits], coordinates (formats 1-2: the seven streams of
 :func:`storage.compact_geometry.encode_coordinates`: plain deltas, class table (q0 offset, radius),
@@ -103,9 +110,9 @@ __all__ = [
 ]
 
 MAGIC = b"FAC"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions this reader decodes (records written by older FoldAtlas releases stay readable).
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 _INDEX = {name: i for i, name in enumerate(_ATOM37)}
 _CA, _C, _OXT = _INDEX["CA"], _INDEX["C"], _INDEX["OXT"]
@@ -421,7 +428,7 @@ def _pae_section(pae: np.ndarray) -> bytes:
     n = pae.shape[0]
     if n == 0:
         return _SECTION.pack(1, 0, 0)
-    codec, payload = compact_pae.encode_pae_payload(pae)  # format 3: the width byte is the codec
+    codec, payload = compact_pae.encode_pae_payload(pae)  # formats 3-4: the width byte is the codec
     return _SECTION.pack(codec, n * n, len(payload)) + payload
 
 
@@ -470,7 +477,7 @@ def _read_pae(reader: _Reader, version: int, n: int) -> np.ndarray:
     if version == 1:
         return undo_pae_deltas(reader.ints(n * n).reshape(n, n))
     codec, count, payload = reader.raw()  # format 2: codec = JPEG XL sample width 1 or 2
-    if count != n * n or codec not in (compact_pae.PAE_CODECS if version >= 3 else (1, 2)):
+    if count != n * n or codec not in compact_pae.PAE_CODECS_OF[version]:
         raise ValueError(f"compact record: PAE section holds {count} values of codec/width {codec}, expected {n * n}")
     if not n:
         return np.zeros((0, 0), dtype=np.int64)
