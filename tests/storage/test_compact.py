@@ -345,19 +345,26 @@ def test_real_pae_uses_the_mixing_coder_and_beats_the_context_coder(accession: s
     np.testing.assert_array_equal(decode_pae_context(context, n), structure.pae)
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.integers(1, 40), st.sampled_from([0, 1, 2, 31, 63]), st.sampled_from(["random", "smooth", "blocks"]),
-       st.integers(0, 2**32 - 1))
-def test_context_coder_round_trips(n: int, top: int, kind: str, seed: int) -> None:
-    """Any matrix within 0-63, including the edges (one row, constant, all zeros), decodes exactly."""
+def _pae_matrix(n: int, top: int, kind: str, seed: int) -> np.ndarray:
+    """A test PAE matrix within 0..top: random, smooth along the diagonal band, or row blocks."""
     rng = np.random.default_rng(seed)
     if kind == "random":
-        pae = rng.integers(0, top + 1, (n, n))
-    elif kind == "smooth":
+        return rng.integers(0, top + 1, (n, n))
+    if kind == "smooth":
         i, j = np.indices((n, n))
-        pae = np.clip(np.abs(i - j) // 2 + rng.integers(-1, 2, (n, n)), 0, top)
-    else:
-        pae = np.clip(rng.integers(0, top + 1, (n, 1)) + rng.integers(0, 2, (1, n)), 0, top)
+        return np.clip(np.abs(i - j) // 2 + rng.integers(-1, 2, (n, n)), 0, top)
+    return np.clip(rng.integers(0, top + 1, (n, 1)) + rng.integers(0, 2, (1, n)), 0, top)
+
+
+_PAE_CASES = (st.integers(1, 40), st.sampled_from([0, 1, 2, 31, 63]), st.sampled_from(["random", "smooth", "blocks"]),
+              st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(*_PAE_CASES)
+def test_context_coder_round_trips(n: int, top: int, kind: str, seed: int) -> None:
+    """Any matrix within 0-63, including the edges (one row, constant, all zeros), decodes exactly."""
+    pae = _pae_matrix(n, top, kind, seed)
     np.testing.assert_array_equal(decode_pae_context(encode_pae_context(pae), n), pae)
 
 
@@ -375,19 +382,11 @@ def test_large_real_pae_uses_the_mixing_coder(accession: str) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40), st.sampled_from([0, 1, 2, 31, 63]), st.sampled_from(["random", "smooth", "blocks"]),
-       st.integers(0, 2**32 - 1))
+@given(*_PAE_CASES)
 def test_mixing_coder_round_trips(n: int, top: int, kind: str, seed: int) -> None:
     """Codec 4: any matrix within 0-63, including the edges (one row, constant, all zeros,
     weights far from the prior), decodes exactly."""
-    rng = np.random.default_rng(seed)
-    if kind == "random":
-        pae = rng.integers(0, top + 1, (n, n))
-    elif kind == "smooth":
-        i, j = np.indices((n, n))
-        pae = np.clip(np.abs(i - j) // 2 + rng.integers(-1, 2, (n, n)), 0, top)
-    else:
-        pae = np.clip(rng.integers(0, top + 1, (n, 1)) + rng.integers(0, 2, (1, n)), 0, top)
+    pae = _pae_matrix(n, top, kind, seed)
     np.testing.assert_array_equal(decode_pae_mix(encode_pae_mix(pae), n), pae)
 
 
