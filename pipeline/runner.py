@@ -176,11 +176,15 @@ def _stream_units(parts: Sequence[tuple[list[dict[str, Any]], bool]], cfg: RunCo
     dctx.print_on_execution_start = False
     dctx.issue_detectors_config.detectors = []  # their advice targets generic pipelines, not this one
     dctx.max_errored_blocks = -1  # a unit that exhausted its retries is dropped; the driver accounts for it
+    # Actors restart without limit (Ray Data's default); a unit's task is retried max_task_retries
+    # times, then dropped and accounted for by the driver. Ray 2.60 deprecates passing such options
+    # through **ray_remote_args and has no named parameter for max_task_retries yet, hence the
+    # upper bound on ray in pyproject.toml until one exists.
     retry: dict[str, Any] = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
     # S3 endpoint and credentials for workers that did not inherit them; fault-injection drills
     env = {**aws_env(), **{k: v for k, v in os.environ.items() if k.startswith("FOLDATLAS_FAULT_")}}
     if env:
-        retry["runtime_env"] = {"env_vars": env}
+        retry["runtime_env"] = {"env_vars": env}  # a named parameter of map_batches
     in_flight = 1 if isolate else None
     gpus = cfg.ray.fold_gpus
     if gpus is None:
