@@ -48,7 +48,7 @@ on the five AFDB entries of ``tests/data/afdb`` (format 2: 31.6-38.8).
 PAE (:mod:`storage.compact_pae`): format 4 a mixing coder (least-squares prediction from 46 or 236
 causal neighbours, binary decisions whose probabilities mix seven adaptive context models, range
 coding; 3.7-11.3 % smaller than format 3's context coder on the five real AFDB entries), up to 256
-residues the context coder or lossless JPEG XL where smaller, lossless JPEG XL where values exceed
+residues lossless JPEG XL where smaller, lossless JPEG XL where values exceed
 63; format 3 a context coder (least-squares prediction from 16 causal neighbours, adaptive
 contexts, range coding; 7-14 % smaller than JPEG XL on real AFDB entries) or, where smaller or
 values exceed 63, lossless JPEG XL; format 2 always a lossless JPEG
