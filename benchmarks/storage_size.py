@@ -18,8 +18,8 @@ chain = format 1, with the backbone frames = format 2, each zigzag + byte-shuffl
 3, stored: backbone and side-chain frames against built-in geometry, range coded, see
 :mod:`storage.compact_model`), and PAE (raw bytes, row deltas, 2-D deltas = format 1, zstd; lossless
 JPEG XL = format 2, at effort 7/9 as format 2 writes it and at effort 9; the context coder of format
-3; the mixing coder of format 4 alone and as stored: it, or up to 256 residues the context coder or
-JPEG XL where smaller); the import time and, per
+3; the mixing coder of format 4 alone and as stored: it, or up to 256 residues JPEG XL where
+smaller); the import time and, per
 entry (fastest of 3), the decode time without the PAE, the PAE decode time, and record -> ModelCIF
 text (what ``foldatlas get`` does for an mmCIF).
 
@@ -86,10 +86,13 @@ def _parquet_shares(files: list[Path], key: str, tmp: Path) -> tuple[dict[str, f
         return path.stat().st_size
 
     fixed = size(table.schema.empty_table(), f"empty-{key}")
-    variable = size(table, f"full-{key}") - fixed
+    return _split_by_row_size(table, key, size(table, f"full-{key}") - fixed), fixed
+
+
+def _split_by_row_size(table: pa.Table, key: str, total: float) -> dict[str, float]:
+    """{key: bytes}: ``total`` split over the rows of ``table`` in proportion to their Arrow sizes."""
     weights = [table.slice(i, 1).nbytes for i in range(table.num_rows)]
-    keys = table.column(key).to_pylist()
-    return {k: variable * w / sum(weights) for k, w in zip(keys, weights, strict=True)}, fixed
+    return {k: total * w / sum(weights) for k, w in zip(table.column(key).to_pylist(), weights, strict=True)}
 
 
 def _parquet_marginal_at_scale(files: list[Path], table_name: str, key: str, tmp: Path,
@@ -128,9 +131,7 @@ def _parquet_marginal_at_scale(files: list[Path], table_name: str, key: str, tmp
                        **parquet_options(table_name, rows))
         return path.stat().st_size
 
-    growth = size(pa.concat_tables([synth, real])) - size(synth)
-    weights = [real.slice(i, 1).nbytes for i in range(real.num_rows)]
-    return {k: growth * w / sum(weights) for k, w in zip(real.column(key).to_pylist(), weights, strict=True)}
+    return _split_by_row_size(real, key, size(pa.concat_tables([synth, real])) - size(synth))
 
 
 def _options(accession: str, data: Path) -> dict[str, Any]:
@@ -177,7 +178,7 @@ def _options(accession: str, data: Path) -> dict[str, Any]:
                 pae.astype(np.uint8), lossless=True, effort=9, numthreads=1)) / n**2,
             "context_coder (format 3)": len(encode_pae_context(pae)) / n**2,
             "mixing_coder": len(encode_pae_mix(pae)) / n**2,
-            "format 4, stored (mixing coder; context coder and JPEG XL too up to 256 residues, the smallest)":
+            "format 4, stored (mixing coder; JPEG XL too up to 256 residues, the smaller)":
                 len(encode_pae_payload(pae)[1]) / n**2,
         },
     }
