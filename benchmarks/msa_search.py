@@ -93,6 +93,10 @@ class Settings:
     repeats: int
     jackhmmer_all: bool
     units_per_search: int = 1
+    cluster_min_seq_id: float | None = None
+    cluster_method: str = "cluster"
+    cluster_coverage: float = 0.8
+    also_unclustered: bool = False
 
 
 SMOKE = dict(n_db=2000, n_queries=5, n_jackhmmer=2, repeats=1, index=True, unit_max_residues=600)
@@ -205,12 +209,16 @@ def select_queries(path: Path, n: int, seed: int) -> list[Any]:
 def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
     """Generate the FASTA and build the FoldAtlas MMseqs2 database; reuse both when the recorded
     generation parameters and inputs match (a stamp file next to them)."""
-    from pipeline.msa import build_msa_db, load_msa_db
+    from pipeline.msa import Clustering, build_msa_db, load_msa_db
 
     gen = GenParams(n=settings.n_db, seed=settings.db_seed)
     fasta = wd / "db.fasta"
     stamp = wd / "db.stamp.json"
+    cluster = (Clustering(settings.cluster_method, settings.cluster_min_seq_id, settings.cluster_coverage)
+               if settings.cluster_min_seq_id is not None else None)
     db_dir = wd / ("mmseqs-db-idx" if settings.index else "mmseqs-db")
+    if cluster is not None:
+        db_dir = db_dir.with_name(f"{db_dir.name}-{cluster.method}{cluster.min_seq_id:g}-c{cluster.coverage:g}")
     key = {"gen": asdict(gen), "parents": list(settings.parent_fastas)}
     info: dict[str, Any] = {}
     if stamp.is_file() and fasta.is_file():
@@ -219,8 +227,8 @@ def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
             info = old
     if not info:
         _log("generating %d sequences -> %s", gen.n, fasta)
-        shutil.rmtree(wd / "mmseqs-db", ignore_errors=True)
-        shutil.rmtree(wd / "mmseqs-db-idx", ignore_errors=True)
+        for old_db in wd.glob("mmseqs-db*"):
+            shutil.rmtree(old_db, ignore_errors=True)
         summary = generate(settings.parent_fastas, fasta, gen)
         info = {"key": key, "generation": summary.to_dict()}
         stamp.write_text(json.dumps(info, indent=2))
@@ -231,9 +239,10 @@ def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
         shutil.rmtree(db_dir, ignore_errors=True)
         _log("building FoldAtlas mmseqs2 database (index=%s) in %s", settings.index, db_dir)
         with clock() as c:
-            db = build_msa_db([fasta], db_dir, tool="mmseqs2", index=settings.index, threads=settings.threads)
+            db = build_msa_db([fasta], db_dir, tool="mmseqs2", index=settings.index, threads=settings.threads,
+                              cluster=cluster)
         build = {"call": f"pipeline.msa.build_msa_db([{str(fasta)!r}], {str(db_dir)!r}, tool='mmseqs2', "
-                         f"index={settings.index}, threads={settings.threads})", **c.to_dict()}
+                         f"index={settings.index}, threads={settings.threads}, cluster={cluster!r})", **c.to_dict()}
         info[f"build_{db_dir.name}"] = build
         stamp.write_text(json.dumps(info, indent=2))
     size = sum(f.stat().st_size for f in db_dir.iterdir() if f.is_file())
@@ -244,7 +253,7 @@ def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
                 "parents": gen_info["parents"], "parent_files": gen_info["parent_files"],
                 "generation_params": gen_info["params"], "generation_s": gen_info["seconds"],
                 "mmseqs_db_dir": str(db_dir), "mmseqs_db_bytes": size, "indexed": db.indexed, "db_id": db.db_id,
-                "build": build}
+                "clustering": asdict(db.clustering) if db.clustering else None, "build": build}
 
 
 def warm_cache(db_dir: Path, fasta: Path) -> float:
@@ -259,7 +268,7 @@ def warm_cache(db_dir: Path, fasta: Path) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Instrumentation of the stage: time each mmseqs command and pipeline.msa.search
+# Instrumentation of the stage: time each mmseqs command and pipeline.msa.search_a3m
 
 
 @contextlib.contextmanager
@@ -268,7 +277,7 @@ def instrument() -> Iterator[list[tuple[str, float, str]]]:
     import pipeline.msa as msa
 
     events: list[tuple[str, float, str]] = []
-    orig_run, orig_search = msa.run_tool, msa.search
+    orig_run, orig_search = msa.run_tool, msa.search_a3m
 
     def run_tool(args: Sequence[Any], **kw: Any) -> Any:
         start = time.perf_counter()
@@ -283,13 +292,13 @@ def instrument() -> Iterator[list[tuple[str, float, str]]]:
         try:
             return orig_search(*a, **kw)
         finally:
-            events.append(("pipeline.msa.search", time.perf_counter() - start, ""))
+            events.append(("pipeline.msa.search_a3m", time.perf_counter() - start, ""))
 
-    msa.run_tool, msa.search = run_tool, search  # type: ignore[assignment]
+    msa.run_tool, msa.search_a3m = run_tool, search  # type: ignore[assignment]
     try:
         yield events
     finally:
-        msa.run_tool, msa.search = orig_run, orig_search  # type: ignore[assignment]
+        msa.run_tool, msa.search_a3m = orig_run, orig_search  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +342,7 @@ def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> d
                 stats.update(res.stats)
             ev = events[n_before:]
             tools_s = sum(s for name, s, _ in ev if name.startswith("mmseqs"))
-            search_s = sum(s for name, s, _ in ev if name == "pipeline.msa.search")
+            search_s = sum(s for name, s, _ in ev if name == "pipeline.msa.search_a3m")
             for name, s, cmd in ev:
                 steps[name] = steps.get(name, 0.0) + s
                 if i == 0 and cmd:
@@ -392,20 +401,30 @@ def run_floor(records: list[Any], db: Any, params: Any, settings: Settings, scra
         fasta.write_text("".join(f">{i}\n{r.sequence}\n" for i, r in enumerate(records)))
         qdb, res, msa = str(tmp / "qdb"), str(tmp / "res"), str(tmp / "msa")
         t = str(settings.threads)
+        e = f"{params.e_value:g}"
         cmds = [
             ["mmseqs", "createdb", str(fasta), qdb, "--dbtype", "1", "--shuffle", "0", "-v", "2"],
             ["mmseqs", "search", qdb, str(db.target), res, str(tmp / "tmp"), "--num-iterations",
-             str(params.n_iterations), "-a", "-e", f"{params.e_value:g}", "--max-seqs", str(params.max_seqs),
+             str(params.n_iterations), "-a", "-e", e, "--max-seqs", str(params.max_seqs),
              "-s", f"{params.sensitivity:g}", "--threads", t, "-v", str(verbosity)],
-            ["mmseqs", "result2msa", qdb, str(db.target), res, msa, "--msa-format-mode", "6", "--threads", t,
-             "-v", "2"],
         ]
+        if db.clustering is not None:  # ColabFold's chain: expand representative hits, realign members
+            it = params.n_iterations
+            profile = str(tmp / "tmp" / "latest" / f"profile_{it - 2}") if it > 1 else qdb
+            cmds += [["mmseqs", "expandaln", qdb, str(db.path / "rep"), res, str(db.path / "clu_aln"),
+                      str(tmp / "exp"), "--expansion-mode", "0", "-e", "inf", "--expand-filter-clusters", "0",
+                      "--threads", t, "-v", "2"],
+                     ["mmseqs", "align", profile, str(db.path / "db"), str(tmp / "exp"), str(tmp / "realign"),
+                      "-e", e, "--max-accept", str(params.max_seqs), "-a", "--threads", t, "-v", "2"]]
+            res = str(tmp / "realign")
+        cmds.append(["mmseqs", "result2msa", qdb, str(db.path / "db"), res, msa, "--msa-format-mode", "6",
+                     "--threads", t, "-v", "2"])
         steps: dict[str, float] = {}
         logs: dict[str, str] = {}
         with clock() as c:
             for cmd in cmds:
                 seconds, logs[cmd[1]] = _run(cmd)
-                steps[f"mmseqs {cmd[1]}"] = round(seconds, 3)
+                steps[f"mmseqs {cmd[1]}"] = round(steps.get(f"mmseqs {cmd[1]}", 0.0) + seconds, 3)
         hits: dict[str, set[str]] = {}
         for text in _read_mmseqs_db(Path(msa)).values():
             a3m = parse_a3m(text)
@@ -607,6 +626,16 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         stages.append(run_stage(records, db, params, settings))
         _log("(a) stage run %d: %.1f s", len(stages), stages[-1]["total"]["wall_s"])
     floor()
+    flat: dict[str, Any] | None = None
+    if settings.also_unclustered:  # the same stage on all sequences, for the cost and hits of clustering
+        from dataclasses import replace
+
+        flat_db, flat_info = prepare_db(replace(settings, cluster_min_seq_id=None), wd)
+        warm_cache(Path(flat_db.path), Path(flat_info["fasta"]))
+        _log("(a, unclustered) stage run: %d queries against %s", len(records), flat_db.path)
+        flat = run_stage(records, flat_db, params, settings)
+        flat["database"] = {k: flat_info[k] for k in ("mmseqs_db_dir", "mmseqs_db_bytes", "db_id")}
+        _log("(a, unclustered) stage run: %.1f s", flat["total"]["wall_s"])
     result["loadavg"]["after_mmseqs"] = _loadavg()
 
     # (c) the timed subset first (the issue's measure), then the other queries for agreement.
@@ -657,6 +686,12 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "b_diagnostic_v3": diag,
         "hit_sets_identical_across_repeats": stable,
     }
+    flat_hits: dict[str, set[str]] = {}
+    if flat is not None:
+        flat_hits = {sha: _hits_a3m(text) for sha, text in flat.pop("a3m").items()}
+        result["timings"]["a_stage_unclustered"] = {
+            "total": flat["total"], "mmseqs_s": round(sum(u["mmseqs_s"] for u in flat["per_unit"]), 3),
+            "steps_s": flat["steps_s"], "database": flat["database"], "depth": flat["depth"], "neff": flat["neff"]}
     result["ratios"] = {
         "a_over_b_wall": round(a_wall / b_wall, 3),
         # each stage run against the mean of the two floor runs around it
@@ -670,6 +705,9 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "c_over_a_wall_all_queries_measured": (round(c_all / a_wall, 2)
                                                if jack_rest or len(jrecords) == n else None),
     }
+    if flat is not None:
+        result["ratios"]["a_unclustered_over_a_wall"] = round(flat["total"]["wall_s"] / a_wall, 3)
+        result["ratios"]["c_over_a_unclustered_wall"] = round(c_scaled / flat["total"]["wall_s"], 2)
     result["targets"] = {"a_over_b_max": 1.15, "c_over_a_min": 20.0,
                          "a_over_b_met": result["ratios"]["a_over_b_wall"] <= 1.15,
                          "c_over_a_met": result["ratios"]["c_over_a_wall"] >= 20.0}
@@ -688,6 +726,13 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     agree["a_vs_b_all_queries"] = {k: v for k, v in agreement(
         {r.sha256: hits_b.get(r.sha256, set()) for r in records}, hits_a, "b", "a", names).items()
         if k != "per_query"}
+    if flat is not None:
+        agree["a_unclustered_vs_c_all_queries"] = {k: v for k, v in agreement(
+            {r.sha256: all_jack.get(r.sha256, set()) for r in records}, flat_hits, "c", "a_unclustered",
+            names).items() if k != "per_query"}
+        agree["a_unclustered_vs_a"] = {k: v for k, v in agreement(
+            {r.sha256: flat_hits.get(r.sha256, set()) for r in records}, hits_a, "a_unclustered", "a",
+            names).items() if k != "per_query"}
     result["agreement"] = agree
     result["complete"] = True
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -732,6 +777,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
                     help="runs of (a); (b) runs once more, alternating b a b a b (default 2)")
     ap.add_argument("--jackhmmer-all", action=argparse.BooleanOptionalAction, default=True,
                     help="after the timed subset, run jackhmmer on the other queries too, for agreement")
+    ap.add_argument("--cluster-min-seq-id", type=float, default=None,
+                    help="search a clustered database (msa-db build --cluster-min-seq-id), ColabFold's way")
+    ap.add_argument("--cluster-method", choices=("cluster", "linclust"), default="cluster")
+    ap.add_argument("--cluster-coverage", type=float, default=0.8)
+    ap.add_argument("--also-unclustered", action="store_true",
+                    help="with --cluster-min-seq-id: also time the stage once on the unclustered database "
+                         "(built if missing) and compare its hits, side by side in the same run")
     a = ap.parse_args(argv)
     smoke = dict(SMOKE) if a.smoke else {}
 
@@ -749,6 +801,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
         threads=a.threads, index=pick(a.index, "index", True),
         unit_max_residues=pick(a.unit_max_residues, "unit_max_residues", 8000),
         repeats=pick(a.repeats, "repeats", 2), jackhmmer_all=a.jackhmmer_all, units_per_search=a.units_per_search,
+        cluster_min_seq_id=a.cluster_min_seq_id, cluster_method=a.cluster_method,
+        cluster_coverage=a.cluster_coverage, also_unclustered=a.also_unclustered and a.cluster_min_seq_id is not None,
     )
     return settings, a.out
 

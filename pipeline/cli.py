@@ -41,6 +41,11 @@ class MSATool(StrEnum):
     none = "none"
 
 
+class ClusterMethod(StrEnum):
+    cluster = "cluster"
+    linclust = "linclust"
+
+
 class ModelName(StrEnum):
     esmfold = "esmfold"
     esmfold_tiny = "esmfold-tiny"
@@ -134,19 +139,32 @@ def msa_db_build(
     tool: Annotated[MSATool | None, typer.Option(help="mmseqs2 (default when installed) or hmmer")] = None,
     index: Annotated[bool, typer.Option("--index", help="Precompute the MMseqs2 index (faster searches)")] = False,
     name: Annotated[str | None, typer.Option(help="Database name recorded with every MSA")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads for createindex")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for clustering and createindex")] = None,
+    cluster_min_seq_id: Annotated[float | None, typer.Option(
+        "--cluster-min-seq-id", min=0.0, max=1.0,
+        help="MMseqs2: cluster the sequences at this identity (0.3 as UniRef30) and search ColabFold's "
+             "way: representatives first, then expand the hits to all cluster members")] = None,
+    cluster_coverage: Annotated[float, typer.Option(
+        "--cluster-coverage", min=0.0, max=1.0, help="Clustering: coverage of both sequences (mmseqs -c)")] = 0.8,
+    cluster_method: Annotated[ClusterMethod, typer.Option(
+        "--cluster-method", help="cluster (cascaded, sensitive) or linclust (fast, for high identity)")]
+        = ClusterMethod.cluster,
 ) -> None:
     """Turn FASTA files into a search database with an identity record (foldatlas-msa-db.json)."""
     _setup_logging(False)
-    from pipeline.msa import available_tool, build_msa_db
+    from pipeline.msa import Clustering, available_tool, build_msa_db
 
     chosen = tool.value if tool and tool is not MSATool.none else available_tool()
     try:
+        cluster = (Clustering(cluster_method.value, cluster_min_seq_id, cluster_coverage)
+                   if cluster_min_seq_id is not None else None)
         db = build_msa_db([str(p) for p in inputs], str(out), tool=chosen, index=index, threads=threads,
-                          **({"name": name} if name else {}))
+                          cluster=cluster, **({"name": name} if name else {}))
     except FoldAtlasError as e:
         _fail(e)
-    typer.echo(f"{db.name}: {db.sequence_count} sequences, {db.tool} {db.tool_version}, db_id {db.db_id} -> {out}")
+    clusters = f", {db.clustering.clusters} clusters at {db.clustering.min_seq_id:g} identity" if db.clustering else ""
+    typer.echo(f"{db.name}: {db.sequence_count} sequences{clusters}, {db.tool} {db.tool_version}, "
+               f"db_id {db.db_id} -> {out}")
 
 
 class Format(StrEnum):

@@ -10,7 +10,10 @@ unfinished build. The build runs in a sibling staging directory and is renamed i
 
 * ``mmseqs2``: ``mmseqs createdb <fasta...> DBDIR/db --dbtype 1`` (gzipped FASTA is read by
   MMseqs2 itself; the file name must end in ``.gz``), then with ``index=True``
-  ``mmseqs createindex DBDIR/db <scratch> --threads N``.
+  ``mmseqs createindex DBDIR/db <scratch> --threads N``. Clustered (``cluster=``): ``mmseqs
+  cluster`` or ``linclust`` of ``db``, the representatives as ``DBDIR/rep`` (``createsubdb``; the
+  index, if any, is built on it) and their alignments to every member as ``DBDIR/clu_aln``
+  (``mmseqs align rep db clu clu_aln -a -e inf``).
 * ``hmmer``: the FASTA inputs, decompressed and concatenated, as ``DBDIR/sequences.fasta``,
   checked by digitising every sequence with pyhmmer (a bad residue fails the build, not a
   search). Why plain FASTA and not a binary dump: pyhmmer has no on-disk binary format for
@@ -27,16 +30,18 @@ Search (``search`` / ``search_mmseqs`` / ``search_hmmer``)
 Input: a work unit's queries as ``(id, sequence)``; output: ``{id: A3M text}`` whose first row is
 exactly the query sequence under its id.
 
-MMseqs2, as ColabFold's ``colabfold/mmseqs/search.py`` does for UniRef (without its
-``expandaln``/``align``/``filterresult`` steps, which serve clustered databases), one query DB per
-call so all queries of the unit are searched at once::
+MMseqs2, as ColabFold's ``colabfold/mmseqs/search.py`` does for UniRef, one query DB per call so
+all queries of the unit are searched at once. Against an unclustered database::
 
     mmseqs createdb queries.fasta qdb --dbtype 1 --shuffle 0 -v 2
     mmseqs search qdb DBDIR/db res tmp --num-iterations 3 -a -e 0.1 --max-seqs 10000 -s 8 --threads T -v 2
     mmseqs result2msa qdb DBDIR/db res msa --msa-format-mode 6 --threads T -v 2
 
 (``--msa-format-mode 6``: A3M with ColabFold's alignment-info headers; ``result2msa`` does not
-filter by default.) Every file lives in a scratch directory removed afterwards. MMseqs2 prints
+filter by default.) Against a clustered database (``build_msa_db(..., cluster=Clustering(...))``)
+the search runs against the cluster representatives and ``expandaln`` + ``align`` bring in the
+members of every hit cluster, as ColabFold does for UniRef30 and ColabFoldDB, without its
+``filterresult`` diversity filter (:func:`mmseqs_commands` lists both chains). Every file lives in a scratch directory removed afterwards. MMseqs2 prints
 non-standard query residues as their canonical letters (U, O -> X; B -> D; Z -> E; J -> L); the
 query row is put back to the input sequence (the columns are the same).
 
@@ -76,10 +81,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CLUSTER_METHODS",
     "HMMER_IN_MEMORY_MAX_BYTES",
     "IDENTITY_FILE",
     "MMSEQS_MAX_SEQ_LEN",
     "TOOLS",
+    "Clustering",
     "DatabaseFile",
     "InputFile",
     "MSADatabase",
@@ -88,7 +95,9 @@ __all__ = [
     "available_tool",
     "build_msa_db",
     "load_msa_db",
+    "mmseqs_commands",
     "search",
+    "search_a3m",
     "search_hmmer",
     "search_mmseqs",
     "search_tool_ready",
@@ -108,6 +117,9 @@ MMSEQS_MAX_SEQ_LEN: Final = 65535
 HMMER_IN_MEMORY_MAX_BYTES: Final = 2 * 1024**3
 
 _MMSEQS_DB = "db"
+_MMSEQS_REPS = "rep"
+_MMSEQS_CLU = "clu"
+_MMSEQS_CLU_ALN = "clu_aln"
 _HMMER_DB = "sequences.fasta"
 _BUILD_HINT = "build it with `foldatlas msa-db build FASTA... --out DIR` (library: pipeline.msa.build_msa_db)"
 _STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -147,6 +159,40 @@ class DatabaseFile:
     size: int
 
 
+#: Clustering methods of ``mmseqs``: ``cluster`` (cascaded, sensitive down to 30 % identity and
+#: below) and ``linclust`` (linear time, reliable only at high identity).
+CLUSTER_METHODS: Final = ("cluster", "linclust")
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """How a clustered MMseqs2 database was clustered (``msa-db build --cluster-min-seq-id``).
+
+    Attributes:
+        method: ``"cluster"`` (cascaded) or ``"linclust"``.
+        min_seq_id: ``--min-seq-id`` of the clustering (0.3 is UniRef30's level).
+        coverage: ``-c`` (coverage of both sequences, ``--cov-mode 0``).
+        clusters: representatives (clusters) the clustering made.
+    """
+
+    method: str
+    min_seq_id: float
+    coverage: float
+    clusters: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in CLUSTER_METHODS:
+            raise MSAError(f"unknown clustering method {self.method!r}; expected one of {', '.join(CLUSTER_METHODS)}")
+        if not 0.0 < self.min_seq_id <= 1.0:
+            raise MSAError(f"cluster min_seq_id must be in (0, 1], got {self.min_seq_id}")
+        if not 0.0 <= self.coverage <= 1.0:
+            raise MSAError(f"cluster coverage must be in [0, 1], got {self.coverage}")
+
+    def key_fields(self) -> dict[str, Any]:
+        """What identifies the clustering in ``db_id`` (not the resulting cluster count)."""
+        return {"method": self.method, "min_seq_id": self.min_seq_id, "coverage": self.coverage}
+
+
 @dataclass(frozen=True)
 class MSADatabase:
     """Identity record of a search database, stored as ``DBDIR/foldatlas-msa-db.json``.
@@ -162,6 +208,8 @@ class MSADatabase:
         db_id: 16 hex digits of SHA-256 over (tool, tool_version, input SHA-256s, indexed).
         files: the database's files (``name``, ``size``), checked when loading.
         format_version: layout version (:data:`FORMAT_VERSION`).
+        clustering: set for a clustered MMseqs2 database: the profile search runs against the
+            cluster representatives and the hits are expanded to the members (ColabFold's scheme).
         path: the directory this record was loaded from or built in; not stored in the JSON.
     """
 
@@ -175,18 +223,39 @@ class MSADatabase:
     db_id: str
     files: tuple[DatabaseFile, ...] = ()
     format_version: int = FORMAT_VERSION
+    clustering: Clustering | None = None
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.tool not in TOOLS:
             raise MSAError(f"unknown MSA tool {self.tool!r}; expected one of {', '.join(TOOLS)}")
+        if self.clustering is not None and self.tool != "mmseqs2":
+            raise MSAError("only mmseqs2 databases can be clustered")
+
+    def _dir(self) -> Path:
+        if self.path is None:
+            raise MSAError(f"MSA database {self.name!r} has no directory", hint="load it with load_msa_db(DIR)")
+        return self.path
 
     @property
     def target(self) -> Path:
-        """What the tool searches: ``DBDIR/db`` (MMseqs2 DB prefix) or ``DBDIR/sequences.fasta``."""
-        if self.path is None:
-            raise MSAError(f"MSA database {self.name!r} has no directory", hint="load it with load_msa_db(DIR)")
-        return self.path / (_MMSEQS_DB if self.tool == "mmseqs2" else _HMMER_DB)
+        """What the search runs against: ``DBDIR/db`` (MMseqs2 DB prefix; ``DBDIR/rep``, the
+        cluster representatives, when clustered) or ``DBDIR/sequences.fasta``."""
+        if self.tool == "hmmer":
+            return self._dir() / _HMMER_DB
+        return self._dir() / (_MMSEQS_REPS if self.clustering else _MMSEQS_DB)
+
+    @property
+    def members(self) -> Path:
+        """MMseqs2: every sequence (``DBDIR/db``), what the A3M rows are taken from."""
+        return self._dir() / (_MMSEQS_DB if self.tool == "mmseqs2" else _HMMER_DB)
+
+    @property
+    def cluster_alignments(self) -> Path:
+        """Clustered MMseqs2 databases: representative-to-member alignments (``DBDIR/clu_aln``)."""
+        if self.clustering is None:
+            raise MSAError(f"MSA database {self.name!r} is not clustered")
+        return self._dir() / _MMSEQS_CLU_ALN
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without ``path``)."""
@@ -211,16 +280,22 @@ class MSADatabase:
                 db_id=str(d["db_id"]),
                 files=tuple(DatabaseFile(str(f["name"]), int(f["size"])) for f in d.get("files", [])),
                 format_version=int(d.get("format_version", FORMAT_VERSION)),
+                clustering=Clustering(**d["clustering"]) if d.get("clustering") else None,
                 path=path,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MSAError(f"invalid MSA database record: {e!r}", hint=_BUILD_HINT) from e
 
 
-def compute_db_id(tool: str, version: str, input_sha256: Sequence[str], indexed: bool) -> str:
-    """16 hex digits identifying a database's content and how it was built."""
-    payload = json.dumps({"tool": tool, "tool_version": version, "inputs": list(input_sha256),
-                          "indexed": bool(indexed)}, sort_keys=True, separators=(",", ":"))
+def compute_db_id(tool: str, version: str, input_sha256: Sequence[str], indexed: bool,
+                  clustering: Clustering | None = None) -> str:
+    """16 hex digits identifying a database's content and how it was built (an unclustered
+    database's id does not mention clustering, so ids from before clustering existed still hold)."""
+    ident: dict[str, Any] = {"tool": tool, "tool_version": version, "inputs": list(input_sha256),
+                             "indexed": bool(indexed)}
+    if clustering is not None:
+        ident["clustering"] = clustering.key_fields()
+    payload = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -294,6 +369,7 @@ def build_msa_db(
     threads: int | None = None,
     *,
     name: str | None = None,
+    cluster: Clustering | None = None,
 ) -> MSADatabase:
     """Build a search database from FASTA files (plain or gzip) into ``out_dir``.
 
@@ -307,6 +383,11 @@ def build_msa_db(
             that database, most of it a fixed-size table). Ignored (with a warning) for HMMER.
         threads: threads for ``createindex`` (default: all available cores).
         name: database name (default: ``out_dir``'s name).
+        cluster: MMseqs2 only: also cluster the sequences (``mmseqs cluster`` or ``linclust`` with
+            the given identity and coverage; its ``clusters`` field is ignored and filled in), keep
+            the representatives as ``rep`` (the search target, indexed when ``index``) and every
+            representative-to-member alignment as ``clu_aln``, so that searches run ColabFold's
+            way: profile search against the representatives, then ``expandaln`` to the members.
 
     Raises:
         InputError: a FASTA file is missing or unreadable.
@@ -330,6 +411,8 @@ def build_msa_db(
     if tool == "hmmer" and index:
         logger.warning("index=True applies to mmseqs2 only; the hmmer database is not indexed")
         index = False
+    if cluster is not None and tool != "mmseqs2":
+        raise MSAError("clustering needs an mmseqs2 database", hint="drop the clustering options for hmmer")
 
     inputs = tuple(InputFile(str(p.resolve()), _sha256(p), p.stat().st_size) for p in paths)
     version = tool_version("mmseqs") if tool == "mmseqs2" else _hmmer_version()
@@ -339,7 +422,8 @@ def build_msa_db(
     staging.mkdir()
     try:
         if tool == "mmseqs2":
-            count = _build_mmseqs(paths, staging, index=index, threads=resolve_threads(threads))
+            count, cluster = _build_mmseqs(paths, staging, index=index, threads=resolve_threads(threads),
+                                           cluster=cluster)
         else:
             count = _build_hmmer(paths, staging)
         files = tuple(DatabaseFile(f.name, f.stat().st_size) for f in sorted(staging.iterdir()) if f.is_file())
@@ -351,8 +435,9 @@ def build_msa_db(
             sequence_count=count,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             indexed=index,
-            db_id=compute_db_id(tool, version, [i.sha256 for i in inputs], index),
+            db_id=compute_db_id(tool, version, [i.sha256 for i in inputs], index, cluster),
             files=files,
+            clustering=cluster,
         )
         (staging / IDENTITY_FILE).write_text(db.to_json())
         if out.exists():
@@ -360,11 +445,13 @@ def build_msa_db(
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("built %s database %s (%d sequences, db_id %s) in %s", tool, db.name, count, db.db_id, out)
+    logger.info("built %s database %s (%d sequences%s, db_id %s) in %s", tool, db.name, count,
+                f", {cluster.clusters} clusters" if cluster else "", db.db_id, out)
     return MSADatabase.from_dict(db.to_dict(), path=out)
 
 
-def _build_mmseqs(paths: list[Path], staging: Path, *, index: bool, threads: int) -> int:
+def _build_mmseqs(paths: list[Path], staging: Path, *, index: bool, threads: int,
+                  cluster: Clustering | None) -> tuple[int, Clustering | None]:
     for p in paths:
         if _is_gzip(p) != p.name.endswith(".gz"):
             raise InputError(
@@ -373,15 +460,46 @@ def _build_mmseqs(paths: list[Path], staging: Path, *, index: bool, threads: int
                 hint="rename the file so that only gzip files end in .gz",
             )
     prefix = staging / _MMSEQS_DB
+    t = str(threads)
     run_tool(["mmseqs", "createdb", *[str(p) for p in paths], str(prefix), "--dbtype", "1", "-v", "2"])
-    if index:
-        with scratch_dir("foldatlas-createindex-") as tmp:
-            run_tool(["mmseqs", "createindex", str(prefix), str(tmp), "--threads", str(threads), "-v", "2"])
-    with (staging / f"{_MMSEQS_DB}.index").open() as fh:
-        count = sum(1 for line in fh if line.strip())
+    count = _count_entries(prefix)
     if count == 0:
         raise MSAError(f"no sequences in {', '.join(map(str, paths))}")
-    return count
+    search_target = prefix
+    if cluster is not None:
+        clu, reps, aln = (staging / n for n in (_MMSEQS_CLU, _MMSEQS_REPS, _MMSEQS_CLU_ALN))
+        with scratch_dir("foldatlas-cluster-") as tmp:
+            run_tool(["mmseqs", cluster.method, str(prefix), str(clu), str(tmp), "--min-seq-id",
+                      f"{cluster.min_seq_id:g}", "-c", f"{cluster.coverage:g}", "--cov-mode", "0",
+                      "--threads", t, "-v", "2"])
+        run_tool(["mmseqs", "createsubdb", str(clu), str(prefix), str(reps), "-v", "2"])
+        _materialise_links(staging)  # createsubdb links rep_h etc. to db_h by absolute staging paths
+        # Every member must keep an alignment to its representative (-e inf), or expandaln could
+        # never reach it.
+        run_tool(["mmseqs", "align", str(reps), str(prefix), str(clu), str(aln), "-a", "-e", "inf",
+                  "--threads", t, "-v", "2"])
+        run_tool(["mmseqs", "rmdb", str(clu), "-v", "2"])
+        cluster = Clustering(cluster.method, cluster.min_seq_id, cluster.coverage, _count_entries(reps))
+        search_target = reps
+    if index:
+        with scratch_dir("foldatlas-createindex-") as tmp:
+            run_tool(["mmseqs", "createindex", str(search_target), str(tmp), "--threads", t, "-v", "2"])
+    return count, cluster
+
+
+def _materialise_links(directory: Path) -> None:
+    """Replace every symbolic link in ``directory`` by a copy of its target, so the database
+    directory can be renamed, copied or synced as plain files."""
+    for f in directory.iterdir():
+        if f.is_symlink():
+            target = f.resolve(strict=True)
+            f.unlink()
+            shutil.copy2(target, f)
+
+
+def _count_entries(prefix: Path) -> int:
+    with Path(f"{prefix}.index").open() as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 def _build_hmmer(paths: list[Path], staging: Path) -> int:
@@ -448,8 +566,10 @@ def load_msa_db(out_dir: str | os.PathLike[str]) -> MSADatabase:
             problems.append(f"{f.name} has {fp.stat().st_size} bytes, expected {f.size}")
     if not db.files:
         problems.append("the record lists no database files")
-    elif not any(f.name == db.target.name for f in db.files):
-        problems.append(f"{db.target.name} not listed")
+    else:
+        for needed in (db.target, db.members, *([db.cluster_alignments] if db.clustering else [])):
+            if not any(f.name == needed.name or f.name.startswith(f"{needed.name}.") for f in db.files):
+                problems.append(f"{needed.name} not listed")
     if problems:
         raise MSAError(f"MSA database {path} is incomplete: {'; '.join(problems)}",
                        hint=f"rebuild it; {_BUILD_HINT}")
@@ -566,13 +686,22 @@ def search(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MSAParam
         MSAError: bad queries, or parameters for another tool than the database's.
         ToolNotFound: MMseqs2 missing. ToolError: the search crashed (retry or record it).
     """
+    return {qid: write_a3m(a3m) for qid, a3m in search_a3m(queries, db, params).items()}
+
+
+def search_a3m(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MSAParams | None = None) -> dict[str, A3M]:
+    """:func:`search`, returning the parsed (and validated) alignments instead of their text.
+
+    What the MSA stage calls: it needs the rows for depth and Neff and writes the text once, so
+    each tool output is parsed exactly once.
+    """
     params = params or MSAParams(tool=db.tool)
     if params.tool != db.tool:
         raise MSAError(f"parameters are for {params.tool} but database {db.name!r} is {db.tool}",
                        hint=f"use MSAParams(tool={db.tool!r}, ...)")
     if db.tool == "mmseqs2":
-        return search_mmseqs(queries, db, params)
-    return search_hmmer(queries, db, params)
+        return _mmseqs_alignments(queries, db, params)
+    return _hmmer_alignments(queries, db, params)
 
 
 @functools.lru_cache(maxsize=1)
@@ -594,60 +723,108 @@ def _read_mmseqs_db(prefix: Path) -> dict[int, str]:
     return entries
 
 
-def _fix_query_row(a3m: A3M, qid: str, seq: str) -> A3M:
-    """Name the first row ``qid`` and make it exactly ``seq`` (MMseqs2 canonicalises U/O/B/Z/J)."""
-    row = a3m.rows[0]
+def _split_query_record(text: str) -> tuple[str, str, str, str]:
+    """MMseqs2 A3M text as (lines before the query record, query name, query row, the rest).
+
+    ``result2msa`` writes an optional ``#`` line, then ``>name`` and the query row on one line."""
+    head, _, rest = text.partition(">")
+    header, _, rest = rest.partition("\n")
+    row, _, tail = rest.partition("\n")
+    return head, header.split(maxsplit=1)[0] if header.strip() else "", row.strip(), tail
+
+
+def _with_query_row(text: str, qid: str, seq: str) -> str:
+    """The A3M text with its first record renamed ``qid`` and its row exactly ``seq`` (MMseqs2
+    canonicalises U/O/B/Z/J); done on the text so that the alignment is parsed only once."""
+    head, _, row, tail = _split_query_record(text)
     if len(row) != len(seq) or any(a != b and b in _STANDARD_AA for a, b in zip(row, seq, strict=True)):
         raise MSAError(f"MMseqs2 returned query row {row[:30]!r}... for query {qid!r} ({seq[:30]!r}...)",
                        hint="this is a bug in the query bookkeeping; please report it")
-    return A3M(names=(qid, *a3m.names[1:]), descriptions=("", *a3m.descriptions[1:]),
-               rows=(seq, *a3m.rows[1:]), header_comment=a3m.header_comment)
+    return f"{head}>{qid}\n{seq}\n{tail}"
+
+
+def mmseqs_commands(fasta: Path, db: MSADatabase, params: MSAParams, work: Path) -> list[list[str]]:
+    """The MMseqs2 commands of one batched search of ``fasta`` (queries named ``0..n-1``), with
+    every file under ``work``; the A3Ms end up in the MMseqs2 DB ``work/msa``.
+
+    Unclustered: ``createdb``, ``search``, ``result2msa`` (module docstring). Clustered (ColabFold's
+    scheme for UniRef30 / ColabFoldDB, without its diversity filters): the profile search runs
+    against the representatives, ``expandaln`` turns each representative hit into hits on all of
+    its cluster's members (through the stored representative-to-member alignments), ``align``
+    realigns the query's last profile to every member at the same E-value, and ``result2msa``
+    writes the members' rows::
+
+        mmseqs search qdb DBDIR/rep res tmp --num-iterations N -a -e E --max-seqs M -s S
+        mmseqs expandaln qdb DBDIR/rep res DBDIR/clu_aln res_exp --expansion-mode 0 -e inf
+        mmseqs align PROFILE DBDIR/db res_exp res_realign -e E --max-accept M -a
+        mmseqs result2msa qdb DBDIR/db res_realign msa --msa-format-mode 6
+
+    ``PROFILE`` is the profile the last iteration searched with (``tmp/latest/profile_{N-2}``),
+    or ``qdb`` for one iteration. The benchmark runs these same commands by hand as its floor.
+    """
+    t = str(resolve_threads(params.threads))
+    qdb, res, msa = str(work / "qdb"), str(work / "res"), str(work / "msa")
+    common = ["--threads", t, "-v", "2"]
+    cmds = [["mmseqs", "createdb", str(fasta), qdb, "--dbtype", "1", "--shuffle", "0", "-v", "2"],
+            ["mmseqs", "search", qdb, str(db.target), res, str(work / "tmp"),
+             "--num-iterations", str(params.n_iterations), "-a", "-e", f"{params.e_value:g}",
+             "--max-seqs", str(params.max_seqs), "-s", f"{params.sensitivity:g}", *common]]
+    if db.clustering is not None:
+        n = params.n_iterations
+        profile = str(work / "tmp" / "latest" / f"profile_{n - 2}") if n > 1 else qdb
+        exp, realign = str(work / "res_exp"), str(work / "res_realign")
+        cmds += [["mmseqs", "expandaln", qdb, str(db.target), res, str(db.cluster_alignments), exp,
+                  "--expansion-mode", "0", "-e", "inf", "--expand-filter-clusters", "0", *common],
+                 ["mmseqs", "align", profile, str(db.members), exp, realign, "-e", f"{params.e_value:g}",
+                  "--max-accept", str(params.max_seqs), "-a", *common]]
+        res = realign
+    cmds.append(["mmseqs", "result2msa", qdb, str(db.members), res, msa, "--msa-format-mode", "6", *common])
+    return cmds
 
 
 def search_mmseqs(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MSAParams) -> dict[str, str]:
     """All queries of a work unit in one MMseqs2 query DB: createdb, iterative search, result2msa.
 
-    The exact commands are in the module docstring. Returns ``{id: A3M text}`` in query order.
+    The exact commands are in :func:`mmseqs_commands`. Returns ``{id: A3M text}`` in query order.
 
     Raises:
         QueryTooLong, MSAError, ToolNotFound, ToolError: see :func:`search`.
     """
+    return {qid: write_a3m(a3m) for qid, a3m in _mmseqs_alignments(queries, db, params).items()}
+
+
+def _mmseqs_alignments(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MSAParams) -> dict[str, A3M]:
     _check_db(db, "mmseqs2")
     _check_queries(queries, "mmseqs2", MMSEQS_MAX_SEQ_LEN)
     installed = _installed_mmseqs_version()
     if installed != db.tool_version:
         logger.warning("database %s was built with mmseqs %s, searching with mmseqs %s",
                        db.name, db.tool_version, installed)
-    threads = str(resolve_threads(params.threads))
-    target = str(db.target)
     with scratch_dir("foldatlas-mmseqs-") as tmp:
         fasta = tmp / "queries.fasta"
         fasta.write_text("".join(f">{i}\n{seq}\n" for i, (_, seq) in enumerate(queries)))
-        qdb, res, msa = str(tmp / "qdb"), str(tmp / "res"), str(tmp / "msa")
-        run_tool(["mmseqs", "createdb", str(fasta), qdb, "--dbtype", "1", "--shuffle", "0", "-v", "2"])
-        run_tool(["mmseqs", "search", qdb, target, res, str(tmp / "tmp"),
-                  "--num-iterations", str(params.n_iterations), "-a", "-e", f"{params.e_value:g}",
-                  "--max-seqs", str(params.max_seqs), "-s", f"{params.sensitivity:g}",
-                  "--threads", threads, "-v", "2"])
-        run_tool(["mmseqs", "result2msa", qdb, target, res, msa, "--msa-format-mode", "6",
-                  "--threads", threads, "-v", "2"])
-        entries = _read_mmseqs_db(Path(msa))
-    by_index: dict[int, A3M] = {}
+        for cmd in mmseqs_commands(fasta, db, params, tmp):
+            run_tool(cmd)
+        entries = _read_mmseqs_db(tmp / "msa")
+    by_index: dict[int, str] = {}
     for text in entries.values():
+        name = _split_query_record(text)[1]
+        if not name.isdigit() or int(name) >= len(queries):
+            raise ToolError(f"unexpected query name {name!r} in mmseqs output", tool="mmseqs", returncode=0,
+                            stderr_tail=text[:2000])
+        by_index[int(name)] = text
+    out: dict[str, A3M] = {}
+    for i, (qid, seq) in enumerate(queries):
+        raw = by_index.get(i)
+        if raw is None:
+            out[qid] = A3M(names=(qid,), descriptions=("",), rows=(seq,))
+            continue
+        fixed = _with_query_row(raw, qid, seq)
         try:
-            a3m = parse_a3m(text)
+            out[qid] = parse_a3m(fixed)
         except MSAError as e:
             raise ToolError(f"mmseqs result2msa wrote an invalid A3M: {e}", tool="mmseqs", returncode=0,
-                            stderr_tail=text[:2000]) from e
-        if not a3m.names[0].isdigit():
-            raise ToolError(f"unexpected query name {a3m.names[0]!r} in mmseqs output", tool="mmseqs",
-                            returncode=0)
-        by_index[int(a3m.names[0])] = a3m
-    out: dict[str, str] = {}
-    for i, (qid, seq) in enumerate(queries):
-        found = by_index.get(i)
-        a3m = _fix_query_row(found, qid, seq) if found else A3M(names=(qid,), descriptions=("",), rows=(seq,))
-        out[qid] = write_a3m(a3m)
+                            stderr_tail=raw[:2000]) from e
     return out
 
 
@@ -680,6 +857,10 @@ def search_hmmer(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MS
     Raises:
         MSAError: bad queries or database. ToolError: pyhmmer failed during the search.
     """
+    return {qid: write_a3m(a3m) for qid, a3m in _hmmer_alignments(queries, db, params).items()}
+
+
+def _hmmer_alignments(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MSAParams) -> dict[str, A3M]:
     from pyhmmer import easel, hmmer
 
     _check_db(db, "hmmer")
@@ -701,7 +882,7 @@ def search_hmmer(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MS
     else:
         targets = _load_hmmer_block(str(target), db.db_id)
     evalue = params.e_value
-    out: dict[str, str] = {}
+    out: dict[str, A3M] = {}
     try:
         results = hmmer.jackhmmer(digital, targets, max_iterations=params.n_iterations,
                                   cpus=resolve_threads(params.threads), E=evalue, domE=evalue,
@@ -722,7 +903,7 @@ def search_hmmer(queries: Sequence[tuple[str, str]], db: MSADatabase, params: MS
                     rows.append(_domain_row(ali.hmm_from, ali.hmm_to, ali.hmm_sequence, ali.target_sequence, width))
                     names.append(f"{hit.name}/{ali.target_from}-{ali.target_to}")
                     descs.append(" ".join((hit.description or "").split()))
-            out[qid] = write_a3m(A3M(names=tuple(names), descriptions=tuple(descs), rows=tuple(rows)))
+            out[qid] = A3M(names=tuple(names), descriptions=tuple(descs), rows=tuple(rows))
     except MSAError:
         raise
     except Exception as err:  # pyhmmer raises several types (ValueError, RuntimeError, MemoryError, ...)

@@ -85,8 +85,8 @@ def make_spec(cfg: Any) -> MSASpec:
 
 def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSASpec) -> MSAUnitResult:
     """Search every sequence (sha256 -> sequence) not in ``cached``; one batched search call."""
-    from pipeline.msa import load_msa_db, resolve_threads, search
-    from storage.a3m import msa_depth, msa_neff, parse_a3m
+    from pipeline.msa import load_msa_db, resolve_threads, search_a3m
+    from storage.a3m import A3M, msa_depth, msa_neff, write_a3m
 
     result = MSAUnitResult(stats=dict(cached))
     todo = {sha: seq for sha, seq in sequences.items() if sha not in cached}
@@ -98,7 +98,7 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
         result.attempts = attempt + 1
         start = time.perf_counter()
         try:
-            found = search(queries, load_msa_db(spec.db_dir), spec.params)
+            found = search_a3m(queries, load_msa_db(spec.db_dir), spec.params)
         except FoldAtlasError as e:  # ToolError, MSAError: retried, then recorded per sequence
             error = str(e)[-2000:]
             log.warning("MSA search of %d queries failed (attempt %d/%d): %s", len(queries), attempt + 1,
@@ -108,13 +108,13 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
         total = sum(len(s) for s in todo.values())
         result.searched = len(queries)
 
-        def score(text: str) -> tuple[int, float]:
-            a3m = parse_a3m(text)
+        def score(a3m: A3M) -> tuple[int, float]:
             return msa_depth(a3m), float(msa_neff(a3m))
 
         # Depth and Neff of every MSA, on as many threads as the search used: the Neff kernel
         # releases the GIL, so this step uses the cores the search leaves idle when it ends.
-        present = [sha for sha in todo if found.get(sha) is not None]
+        # Deepest first, so that the threads finish together (the cost grows with depth squared).
+        present = sorted((sha for sha in todo if found.get(sha) is not None), key=lambda sha: -len(found[sha]))
         with ThreadPoolExecutor(max_workers=max(1, min(resolve_threads(spec.params.threads), len(present))),
                                 thread_name_prefix="msa-neff") as pool:
             scores = dict(zip(present, pool.map(score, [found[sha] for sha in present]), strict=True))
@@ -122,7 +122,7 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
             if sha not in scores:
                 result.failed[sha] = "search returned no alignment for this query"
                 continue
-            result.a3m[sha] = found[sha]
+            result.a3m[sha] = write_a3m(found[sha])
             depth, neff = scores[sha]
             result.stats[sha] = MSAStat(spec.key(sha), depth, neff)
             result.seconds[sha] = elapsed * len(seq) / total

@@ -25,7 +25,8 @@ def close_pairs_kernel(chunk: int) -> Callable[..., None]:
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def add_close_pairs(codes: np.ndarray, gaps_255: np.ndarray, n_res: np.ndarray, rest: np.ndarray,
                         mult: np.ndarray, identity: float, start: int, stop: int, end: int,
-                        cluster: np.ndarray) -> None:  # pragma: no cover - compiled
+                        cluster: np.ndarray, pivot_dist: np.ndarray,
+                        max_dist_per_residue: float) -> None:  # pragma: no cover - compiled
         """For rows ``i`` in ``[start, stop)`` and ``j`` in ``(i, end)``: if identity(i, j) >=
         ``identity``, add ``mult[j]`` to ``cluster[i]`` and ``mult[i]`` to ``cluster[j]``.
 
@@ -42,15 +43,31 @@ def close_pairs_kernel(chunk: int) -> Callable[..., None]:
         when it cannot, the pair is dropped without reading its other columns. That test is widened
         by a relative 1e-9 so that rounding never drops a pair sitting exactly on the threshold; the
         final decision is the definition's own ``matches / union >= identity``.
+
+        Before any column is read, a pair is dropped by the triangle inequality: ``pivot_dist[i, k]``
+        is the Hamming distance (gap a symbol like the residues) of row ``i`` to pivot row ``k``, so
+        ``max_k |pivot_dist[i, k] - pivot_dist[j, k]|`` is a lower bound of the pair's own distance,
+        which equals ``union - matches``. A close pair has ``union - matches <= (1 - identity) /
+        identity * matches <= max_dist_per_residue * min(n_i, n_j)``; a bound above that (widened by
+        the same 1e-9) rules the pair out. Negative ``max_dist_per_residue`` disables the test.
         """
         width = codes.shape[1]
         n_chunks = (width + chunk - 1) // chunk
         slack = 1.0 - 1e-9
+        n_pivots = pivot_dist.shape[1]
         for i in range(start, stop):
             a = codes[i]
             n_i = n_res[i]
+            d_i = pivot_dist[i]
             for j in range(i + 1, end):
                 n_j = n_res[j]
+                if max_dist_per_residue >= 0.0:
+                    d_j = pivot_dist[j]
+                    lower = np.int32(0)
+                    for k in range(n_pivots):
+                        lower = max(lower, abs(d_i[k] - d_j[k]))
+                    if lower * slack > max_dist_per_residue * min(n_i, n_j):
+                        continue
                 if n_i + n_j == 0:
                     cluster[i] += mult[j]
                     cluster[j] += mult[i]

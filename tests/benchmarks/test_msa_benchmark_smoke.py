@@ -84,3 +84,31 @@ def test_msa_benchmark_smoke(tmp_path: Path) -> None:
     assert ab["queries"] == 5 and ab["hits"]["a"] > 0
     # The stage and the hand run are the same search: same hits.
     assert ab["recall_of_b_by_a"] == 1.0 and ab["recall_of_a_by_b"] == 1.0
+
+
+def test_msa_benchmark_smoke_clustered(tmp_path: Path) -> None:
+    """``--cluster-min-seq-id``: (a) and (b) search the clustered database the same way (same hits),
+    and ``--also-unclustered`` times the stage on all sequences once, in the same run."""
+    from benchmarks import msa_search
+
+    work = tmp_path / "work"
+    out = tmp_path / "smoke.json"
+    try:
+        msa_search.main(["--smoke", "--workdir", str(work), "--out", str(out), "--cluster-min-seq-id", "0.3",
+                         "--also-unclustered", "--no-index", "--no-jackhmmer-all"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    res = json.loads(out.read_text())
+    assert res["complete"] is True
+    clu = res["database"]["clustering"]
+    assert clu["method"] == "cluster" and clu["min_seq_id"] == 0.3 and 0 < clu["clusters"] < 2000
+    b_cmds = [cmd.split()[1] for cmd in res["timings"]["b_floor"]["runs"][0]["commands"]]
+    assert b_cmds == ["createdb", "search", "expandaln", "align", "result2msa"]
+    assert {"mmseqs expandaln", "mmseqs align"} <= set(res["timings"]["a_stage"]["runs"][0]["steps_s"])
+    ab = res["agreement"]["a_vs_b_all_queries"]
+    assert ab["hits"]["a"] > 0 and ab["recall_of_b_by_a"] == 1.0 and ab["recall_of_a_by_b"] == 1.0
+    flat = res["timings"]["a_stage_unclustered"]
+    assert flat["total"]["wall_s"] > 0 and flat["database"]["db_id"] != res["database"]["db_id"]
+    assert res["ratios"]["a_unclustered_over_a_wall"] > 0
+    both = res["agreement"]["a_unclustered_vs_a"]
+    assert both["hits"]["a_unclustered"] > 0 and both["hits"]["shared"] > 0

@@ -239,14 +239,37 @@ def alignments(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(alignments(), st.sampled_from([0.0, 0.3, 0.5, 0.62, 0.8, 0.9, 1.0]), st.sampled_from([1, 2, 5, 64]))
-def test_neff_equals_direct_computation(rows, threshold, chunk):
-    old = a3m_mod._NEFF_CHUNK
+@given(alignments(), st.sampled_from([0.0, 0.3, 0.5, 0.62, 0.8, 0.9, 1.0]), st.sampled_from([1, 2, 5, 64]),
+       st.sampled_from([0, 1, 3, 16]))
+def test_neff_equals_direct_computation(rows, threshold, chunk, pivots):
+    old = a3m_mod._NEFF_CHUNK, a3m_mod._NEFF_PIVOTS
     try:
         a3m_mod._NEFF_CHUNK = chunk  # columns per early-termination test of a pair
+        a3m_mod._NEFF_PIVOTS = pivots  # rows for the triangle-inequality test (0: none)
         assert neff_of_aligned(rows, threshold) == pytest.approx(_slow_neff(rows, threshold), rel=1e-12)
     finally:
-        a3m_mod._NEFF_CHUNK = old
+        a3m_mod._NEFF_CHUNK, a3m_mod._NEFF_PIVOTS = old
+
+
+def test_pivot_test_prunes_unrelated_rows_only():
+    """Two families of near-identical rows: the pivots separate them (a bound above the close-pair
+    limit for every cross-family pair) and never rule out a pair within a family."""
+    rng = np.random.default_rng(3)
+    fams = [rng.integers(65, 85, size=60, dtype=np.uint8) for _ in range(2)]
+    rows = []
+    for f in fams:
+        for _ in range(20):
+            r = f.copy()
+            r[rng.choice(60, size=3, replace=False)] = 90  # 3 substitutions: >= 90 % identical
+            rows.append(r)
+    codes = np.stack(rows)
+    dist = a3m_mod._pivot_distances(codes, 4)
+    lower = np.abs(dist[:, None, :] - dist[None, :, :]).max(axis=2)
+    same = np.equal.outer(np.arange(40) // 20, np.arange(40) // 20)
+    true = (codes[:, None, :] != codes[None, :, :]).sum(axis=2)
+    assert (lower <= true).all()  # a lower bound of the distance
+    assert (lower[~same] > 0.25 * 60).all() and (lower[same] <= 0.25 * 60).all()
+    assert neff_of_aligned([r.tobytes().decode() for r in codes]) == pytest.approx(2.0)
 
 
 @settings(max_examples=60, deadline=None)
