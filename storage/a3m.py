@@ -358,6 +358,13 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
     row's), so a block of ``_NEFF_ROW_BLOCK`` rows only meets the later rows with ``n <= max n in
     the block / identity``; in MSAs whose hits cover the query to very different extents that skips
     most pairs. The kernel releases the GIL, so several MSAs can be scored in parallel threads.
+
+    Two more exact shortcuts: the columns are compared most discriminating first
+    (:func:`_difference_order`), so that an unrelated pair fails the early-termination test
+    sooner, and each row's distances to ``_NEFF_PIVOTS`` pivot rows (:func:`_pivot_distances`)
+    bound every pair's distance from below (triangle inequality), which rules out most pairs from
+    different families before any column is read. On 200 clustered-search MSAs (79,340 rows) the
+    two cut the kernel's time from 9-10 s to 3.6-4 s (``docs/benchmarks.md``).
     """
     if not rows:
         return 0.0
