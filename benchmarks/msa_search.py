@@ -209,7 +209,7 @@ def select_queries(path: Path, n: int, seed: int) -> list[Any]:
 def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
     """Generate the FASTA and build the FoldAtlas MMseqs2 database; reuse both when the recorded
     generation parameters and inputs match (a stamp file next to them)."""
-    from pipeline.msa import Clustering, build_msa_db, load_msa_db
+    from pipeline.msa_db import Clustering, build_msa_db, load_msa_db
 
     gen = GenParams(n=settings.n_db, seed=settings.db_seed)
     fasta = wd / "db.fasta"
@@ -241,7 +241,7 @@ def prepare_db(settings: Settings, wd: Path) -> tuple[Any, dict[str, Any]]:
         with clock() as c:
             db = build_msa_db([fasta], db_dir, tool="mmseqs2", index=settings.index, threads=settings.threads,
                               cluster=cluster)
-        build = {"call": f"pipeline.msa.build_msa_db([{str(fasta)!r}], {str(db_dir)!r}, tool='mmseqs2', "
+        build = {"call": f"pipeline.msa_db.build_msa_db([{str(fasta)!r}], {str(db_dir)!r}, tool='mmseqs2', "
                          f"index={settings.index}, threads={settings.threads}, cluster={cluster!r})", **c.to_dict()}
         info[f"build_{db_dir.name}"] = build
         stamp.write_text(json.dumps(info, indent=2))

@@ -152,7 +152,7 @@ def msa_db_build(
 ) -> None:
     """Turn FASTA files into a search database with an identity record (foldatlas-msa-db.json)."""
     _setup_logging(False)
-    from pipeline.msa import Clustering, available_tool, build_msa_db
+    from pipeline.msa_db import Clustering, available_tool, build_msa_db
 
     chosen = tool.value if tool and tool is not MSATool.none else available_tool()
     try:

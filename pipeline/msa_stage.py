@@ -64,7 +64,8 @@ class MSAUnitResult:
 
 def make_spec(cfg: Any) -> MSASpec:
     """Resolve ``[msa]`` config into a spec; fails before the run when the database is unusable."""
-    from pipeline.msa import MSAParams, load_msa_db, search_tool_ready
+    from pipeline.msa import MSAParams
+    from pipeline.msa_db import load_msa_db, search_tool_ready
 
     db = load_msa_db(cfg.db) if cfg.db else None
     if db is None:
@@ -85,7 +86,8 @@ def make_spec(cfg: Any) -> MSASpec:
 
 def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSASpec) -> MSAUnitResult:
     """Search every sequence (sha256 -> sequence) not in ``cached``; one batched search call."""
-    from pipeline.msa import load_msa_db, resolve_threads, search_a3m
+    from pipeline.msa import search_a3m
+    from pipeline.msa_db import load_msa_db, resolve_threads
     from storage.a3m import A3M, msa_depth, msa_neff, write_a3m
 
     result = MSAUnitResult(stats=dict(cached))

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import FoldAtlasError
-from pipeline.msa import build_msa_db
+from pipeline.msa_db import build_msa_db
 from pipeline.runner import run
 from storage.a3m import parse_a3m
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.msa: database build/load, MMseqs2 and HMMER search, parameters.
+"""Tests for pipeline.msa_db (database build/load) and pipeline.msa (MMseqs2 and HMMER search, parameters).
 
 The database is a real 1,000-sequence UniRef90 sample; the MMseqs2 hits are checked against the
 same mmseqs commands run by hand here, the HMMER rows against the database sequences themselves.
@@ -17,18 +17,13 @@ from Bio import SeqIO
 
 import pipeline.msa as msa_mod
 from pipeline.errors import FoldAtlasError, InputError
-from pipeline.msa import (
+from pipeline.msa import MMSEQS_MAX_SEQ_LEN, MSAParams, QueryTooLong, search, search_hmmer, search_mmseqs
+from pipeline.msa_db import (
     IDENTITY_FILE,
-    MMSEQS_MAX_SEQ_LEN,
     MSADatabase,
-    MSAParams,
-    QueryTooLong,
     available_tool,
     build_msa_db,
     load_msa_db,
-    search,
-    search_hmmer,
-    search_mmseqs,
     search_tool_ready,
 )
 from pipeline.tools import SCRATCH_ENV, ToolError, ToolNotFound

@@ -18,7 +18,8 @@ import pytest
 from Bio import SeqIO
 
 from benchmarks.make_msa_db import GenParams, generate
-from pipeline.msa import IDENTITY_FILE, Clustering, MSADatabase, MSAParams, build_msa_db, load_msa_db, search
+from pipeline.msa import MSAParams, search
+from pipeline.msa_db import IDENTITY_FILE, Clustering, MSADatabase, build_msa_db, load_msa_db
 from storage.a3m import MSAError, parse_a3m
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "msa"

@@ -35,7 +35,7 @@ def _input_fasta(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def release_atlas(tmp_path_factory, ray_session) -> Path:
     from pipeline.config import load_config
-    from pipeline.msa import build_msa_db
+    from pipeline.msa_db import build_msa_db
     from pipeline.runner import run
 
     tmp = tmp_path_factory.mktemp("release_atlas")
