@@ -19,9 +19,12 @@ all queries of the unit are searched at once. Against an unclustered database::
 filter by default.) Against a clustered database (``build_msa_db(..., cluster=Clustering(...))``)
 the search runs against the cluster representatives and ``expandaln`` + ``align`` bring in the
 members of every hit cluster, as ColabFold does for UniRef30 and ColabFoldDB, without its
-``filterresult`` diversity filter (:func:`mmseqs_commands` lists both chains). Every file lives in a scratch directory removed afterwards. MMseqs2 prints
-non-standard query residues as their canonical letters (U, O -> X; B -> D; Z -> E; J -> L); the
-query row is put back to the input sequence (the columns are the same).
+``filterresult`` diversity filter (:func:`mmseqs_commands` lists both chains). Queries go into
+the query DB longest first (:func:`longest_first`; plan units hold them shortest first), so that
+the tool's threads finish each step together. Every file lives in a scratch directory removed
+afterwards. MMseqs2 prints non-standard query residues as their canonical letters (U, O -> X;
+B -> D; Z -> E; J -> L); the query row is put back to the input sequence (the columns are the
+same).
 
 HMMER: ``pyhmmer.hmmer.jackhmmer`` in-process, ``max_iterations`` = iterations, E-value
 thresholds ``E = domE = incE = incdomE`` = ``evalue`` (AlphaFold2 runs jackhmmer with
@@ -56,6 +59,7 @@ __all__ = [
     "MMSEQS_MAX_SEQ_LEN",
     "MSAParams",
     "QueryTooLong",
+    "longest_first",
     "mmseqs_commands",
     "search",
     "search_a3m",
@@ -257,6 +261,14 @@ def _with_query_row(text: str, qid: str, seq: str) -> str:
     return f"{head}>{qid}\n{seq}\n{tail}"
 
 
+def longest_first(queries: Sequence[tuple[str, str]]) -> list[int]:
+    """Query indices, longest sequence first (ties in input order): the order a batch goes to the
+    search tool in. Its threads take queries from a shared queue, so a batch that ends with its
+    longest queries (as plan units, cut in length order, do) leaves threads idle at the end of every
+    step; longest first is the classic remedy (LPT scheduling). Results do not depend on the order."""
+    return sorted(range(len(queries)), key=lambda i: -len(queries[i][1]))
+
+
 def mmseqs_commands(fasta: Path, db: MSADatabase, params: MSAParams, work: Path) -> list[list[str]]:
     """The MMseqs2 commands of one batched search of ``fasta`` (queries named ``0..n-1``), with
     every file under ``work``; the A3Ms end up in the MMseqs2 DB ``work/msa``.
@@ -316,7 +328,7 @@ def _mmseqs_alignments(queries: Sequence[tuple[str, str]], db: MSADatabase, para
                        db.name, db.tool_version, installed)
     with scratch_dir("foldatlas-mmseqs-") as tmp:
         fasta = tmp / "queries.fasta"
-        fasta.write_text("".join(f">{i}\n{seq}\n" for i, (_, seq) in enumerate(queries)))
+        fasta.write_text("".join(f">{i}\n{queries[i][1]}\n" for i in longest_first(queries)))
         for cmd in mmseqs_commands(fasta, db, params, tmp):
             run_tool(cmd)
         entries = _read_mmseqs_db(tmp / "msa")
@@ -398,11 +410,13 @@ def _hmmer_alignments(queries: Sequence[tuple[str, str]], db: MSADatabase, param
     evalue = params.e_value
     out: dict[str, A3M] = {}
     try:
-        results = hmmer.jackhmmer(digital, targets, max_iterations=params.n_iterations,
+        order = longest_first(queries)
+        results = hmmer.jackhmmer([digital[i] for i in order], targets, max_iterations=params.n_iterations,
                                   cpus=resolve_threads(params.threads), E=evalue, domE=evalue,
                                   incE=evalue, incdomE=evalue)
         result: Any
-        for (qid, seq), result in zip(queries, results, strict=True):
+        for i, result in zip(order, results, strict=True):
+            qid, seq = queries[i]
             width = len(seq)
             if width != result.hmm.M:
                 raise MSAError(f"jackhmmer model for {qid!r} has {result.hmm.M} match states, query has {width}")
@@ -426,5 +440,5 @@ def _hmmer_alignments(queries: Sequence[tuple[str, str]], db: MSADatabase, param
     finally:
         if streamed:
             targets.close()
-    return out
+    return {qid: out[qid] for qid, _ in queries}
 

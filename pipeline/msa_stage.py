@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -88,13 +89,17 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
     """Search every sequence (sha256 -> sequence) not in ``cached``; one batched search call."""
     from pipeline.msa import search_a3m
     from pipeline.msa_db import load_msa_db, resolve_threads
-    from storage.a3m import A3M, msa_depth, msa_neff, write_a3m
+    from storage.a3m import A3M, msa_depth, msa_neff, warm_neff_kernels, write_a3m
 
     result = MSAUnitResult(stats=dict(cached))
     todo = {sha: seq for sha, seq in sequences.items() if sha not in cached}
     if not todo:
         return result
     queries = [(sha, seq) for sha, seq in todo.items()]
+    # The compiled Neff kernels load (numba's on-disk cache; compiled on a first run) while the
+    # search runs, instead of after it; a no-op once loaded in this process.
+    warmup = threading.Thread(target=warm_neff_kernels, name="msa-neff-warmup", daemon=True)
+    warmup.start()
     error = ""
     for attempt in range(spec.retries + 1):
         result.attempts = attempt + 1
@@ -107,6 +112,7 @@ def search_unit(sequences: dict[str, str], cached: dict[str, MSAStat], spec: MSA
                         spec.retries + 1, error.splitlines()[0] if error else "")
             continue
         elapsed = time.perf_counter() - start
+        warmup.join()
         total = sum(len(s) for s in todo.values())
         result.searched = len(queries)
 

@@ -95,3 +95,61 @@ def close_pairs_kernel(chunk: int) -> Callable[..., None]:
                     cluster[j] += mult[i]
 
     return add_close_pairs
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def column_code_counts(codes: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """(L, 32) int32: how many rows hold each code in each column of ``codes`` (n, L) uint8, codes
+    taken modulo 32 (a gap 0 and the upper-case letters, 65-90, map to distinct bins 0 and 1-26)."""
+    n, width = codes.shape
+    counts = np.zeros((width, 32), dtype=np.int32)
+    for i in range(n):
+        row = codes[i]
+        for c in range(width):
+            counts[c, row[c] & 31] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def farthest_first_distances(codes: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - compiled
+    """(n, k) int32 Hamming distances of every row of ``codes`` to ``k`` pivot rows: row 0 first,
+    then each time the row farthest from the pivots chosen so far (the first such row on ties)."""
+    n, width = codes.shape
+    dist = np.empty((n, k), dtype=np.int32)
+    nearest = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
+    pivot = 0
+    for p in range(k):
+        ref = codes[pivot]
+        best, best_row = np.int32(-1), 0
+        for i in range(n):
+            row = codes[i]
+            d = np.int32(0)
+            for c in range(width):
+                d += np.int32(row[c] != ref[c])
+            dist[i, p] = d
+            if d < nearest[i]:
+                nearest[i] = d
+            if nearest[i] > best:
+                best, best_row = nearest[i], i
+        pivot = best_row
+    return dist
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def chunk_residues(codes: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """For ``codes`` (n, L) uint8 with gaps 0: the same rows with gaps 255, and ``rest`` (n,
+    n_chunks + 1) int64, the residues of each row in the columns from ``k * chunk`` on."""
+    n, width = codes.shape
+    n_chunks = (width + chunk - 1) // chunk
+    gaps_255 = np.empty_like(codes)
+    rest = np.zeros((n, n_chunks + 1), dtype=np.int64)
+    for i in range(n):
+        row = codes[i]
+        for c in range(width):
+            gaps_255[i, c] = 255 if row[c] == 0 else row[c]
+        total = np.int64(0)
+        for k in range(n_chunks - 1, -1, -1):
+            for c in range(k * chunk, min(width, (k + 1) * chunk)):
+                total += np.int64(row[c] != 0)
+            rest[i, k] = total
+    return gaps_255, rest

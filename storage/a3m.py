@@ -80,6 +80,7 @@ __all__ = [
     "neff_of_aligned",
     "parse_a3m",
     "stockholm_to_a3m",
+    "warm_neff_kernels",
     "write_a3m",
 ]
 
@@ -92,6 +93,11 @@ _DELETE_INSERTIONS = str.maketrans("", "", string.ascii_lowercase + ".")
 _ROW_OK = re.compile(r"[A-Za-z.\-]*")
 _QUERY_OK = re.compile(r"[A-Z]+")
 _NAME_OK = re.compile(r"\S+")
+# The same checks over records joined by newlines (A3M._valid), and the header split.
+_NAMES_OK = re.compile(r"\S+(?:\n\S+)*")
+_ROWS_OK = re.compile(r"[A-Za-z.\-\n]*")
+_INSERTION_BYTES = (string.ascii_lowercase + ".").encode("ascii")
+_HEADER = re.compile(r"(\S*)\s?(.*)\Z", flags=re.S)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,25 @@ class A3M:
             raise MSAError(f"A3M has {n} rows but {len(self.names)} names and {len(self.descriptions)} descriptions")
         if self.header_comment is not None and ("\n" in self.header_comment or "\r" in self.header_comment):
             raise MSAError("A3M header comment must be a single line")
+        if not self._valid():
+            self._raise_first_error()
+
+    def _valid(self) -> bool:
+        """All checks at once, on the joined names, descriptions and rows (fast for deep MSAs);
+        :meth:`_raise_first_error` then finds the offending record for the message."""
+        names = "\n".join(self.names)
+        if not _NAMES_OK.fullmatch(names) or names.count("\n") != len(self.names) - 1:
+            return False
+        descriptions = "".join(self.descriptions)
+        if "\n" in descriptions or "\r" in descriptions or not _QUERY_OK.fullmatch(self.rows[0]):
+            return False
+        rows = "\n".join(self.rows[1:])
+        if not _ROWS_OK.fullmatch(rows):
+            return False
+        aligned = rows.encode("ascii").translate(None, _INSERTION_BYTES).split(b"\n") if rows else []
+        return len(aligned) == len(self.rows) - 1 and all(len(a) == len(self.rows[0]) for a in aligned)
+
+    def _raise_first_error(self) -> None:
         for i, (name, desc) in enumerate(zip(self.names, self.descriptions, strict=True)):
             if not _NAME_OK.fullmatch(name):
                 raise MSAError(f"A3M row {i + 1}: name {name!r} must be non-empty and contain no whitespace")
@@ -148,6 +173,7 @@ class A3M:
                     f"A3M row {i} ({self.names[i - 1]}) has {aligned} aligned columns, the query has {width}",
                     hint="upper-case letters and '-' must match the query length; insertions are lower case",
                 )
+        raise AssertionError("A3M failed validation but no record explains it")  # pragma: no cover
 
     @property
     def query(self) -> str:
@@ -159,13 +185,14 @@ class A3M:
 
     def aligned(self) -> list[str]:
         """Rows with insertions (lower case, ``.``) removed: each as long as the query, gaps ``-``."""
-        return [row.translate(_DELETE_INSERTIONS) for row in self.rows]
+        joined = "\n".join(self.rows).encode("ascii")  # validated: ASCII letters, '-' and '.'
+        return joined.translate(None, _INSERTION_BYTES).decode("ascii").split("\n")
 
 
 def _split_header(header: str) -> tuple[str, str]:
-    m = re.match(r"(\S*)(\s?)(.*)\Z", header, flags=re.S)
+    m = _HEADER.match(header)
     assert m is not None  # the pattern matches any string
-    return m.group(1), m.group(3)
+    return m.group(1), m.group(2)
 
 
 def parse_a3m(text: str) -> A3M:
@@ -188,6 +215,9 @@ def parse_a3m(text: str) -> A3M:
     if start < len(lines) and lines[start].startswith("#"):
         header_comment = lines[start][1:]
         start += 1
+    simple = _parse_one_line_records(lines[start:], header_comment)
+    if simple is not None:
+        return simple
     names: list[str] = []
     descriptions: list[str] = []
     rows: list[str] = []
@@ -216,6 +246,23 @@ def parse_a3m(text: str) -> A3M:
         if not row:
             raise MSAError(f"A3M record {name!r} has no sequence")
     return A3M(names=tuple(names), descriptions=tuple(descriptions), rows=tuple(rows), header_comment=header_comment)
+
+
+def _parse_one_line_records(lines: list[str], header_comment: str | None) -> A3M | None:
+    """The common layout, one header line and one sequence line per record (what MMseqs2's
+    ``result2msa`` and :func:`write_a3m` write), read without a per-line loop; ``None`` for any
+    other layout or for invalid content, which :func:`parse_a3m`'s general reader then handles
+    (and reports)."""
+    heads, rows = lines[0::2], lines[1::2]
+    if (not lines or len(heads) != len(rows) or not all(h.startswith(">") for h in heads)
+            or any(r.startswith(">") for r in rows)):
+        return None
+    split = [_HEADER.match(h, 1).groups() for h in heads]  # type: ignore[union-attr]  # matches any string
+    try:
+        return A3M(names=tuple(n for n, _ in split), descriptions=tuple(d for _, d in split), rows=tuple(rows),
+                   header_comment=header_comment)
+    except MSAError:
+        return None
 
 
 def write_a3m(a3m: A3M) -> str:
@@ -294,6 +341,13 @@ def msa_neff(a3m: A3M, identity: float = 0.8) -> float:
     return neff_of_aligned(a3m.aligned(), identity)
 
 
+def warm_neff_kernels() -> None:
+    """Load the compiled Neff kernels into this process (from numba's on-disk cache, or compile
+    them on a first run), so that a later :func:`neff_of_aligned` starts at once. Callers run this
+    in a thread while something else (a search) keeps the process waiting."""
+    neff_of_aligned(["A-", "AC"])
+
+
 #: Rows per call of the compiled kernel: the later rows a block meets are bounded by the residue
 #: count of its longest row (see :func:`neff_of_aligned`), so smaller blocks skip more pairs.
 _NEFF_ROW_BLOCK = 256
@@ -301,34 +355,31 @@ _NEFF_ROW_BLOCK = 256
 _NEFF_CHUNK = 32
 #: Pivot rows for the triangle-inequality test of the kernel (0 disables it).
 _NEFF_PIVOTS = 16
+#: Rows that estimate the column order of :func:`_difference_order` (a heuristic: exactness does not
+#: depend on it).
+_ORDER_SAMPLE = 1024
 
 
 def _pivot_distances(codes: np.ndarray, n_pivots: int) -> np.ndarray:
     """(N, K) int32 Hamming distances (gap a symbol) of every row to ``K`` pivot rows picked
     farthest-first (each the row farthest from the pivots before it), so that rows of different
-    families sit far apart on at least one pivot."""
-    n = codes.shape[0]
-    k = min(n_pivots, n)
-    dist = np.empty((n, k), dtype=np.int32)
-    nearest = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
-    pivot = 0
-    for p in range(k):
-        dist[:, p] = np.count_nonzero(codes != codes[pivot], axis=1)
-        np.minimum(nearest, dist[:, p], out=nearest)
-        pivot = int(np.argmax(nearest))
-    return dist
+    families sit far apart on at least one pivot. Compiled (one pass over the rows per pivot)."""
+    from storage._neff_kernel import farthest_first_distances
+
+    return farthest_first_distances(np.ascontiguousarray(codes), min(n_pivots, codes.shape[0]))
 
 
 def _difference_order(codes: np.ndarray) -> np.ndarray:
     """Column order, most discriminating first: by the chance that two random rows differ there
     (not both gaps and not the same residue). Identity does not depend on the column order, but the
     kernel's early termination drops unrelated pairs sooner when their differences come first."""
-    n = codes.shape[0]
-    same = np.zeros(codes.shape[1], dtype=np.float64)
-    for code in np.unique(codes):
-        if code != 0:
-            same += (np.count_nonzero(codes == code, axis=0) / n) ** 2
-    residue = np.count_nonzero(codes, axis=0) / n
+    from storage._neff_kernel import column_code_counts
+
+    # Estimated on at most _ORDER_SAMPLE evenly spaced rows: any order gives the same result.
+    sample = np.ascontiguousarray(codes[::max(1, codes.shape[0] // _ORDER_SAMPLE)])
+    freq = column_code_counts(sample) / sample.shape[0]  # (L, 32), gap = code 0
+    same = np.sum(freq[:, 1:] ** 2, axis=1)
+    residue = 1.0 - freq[:, 0]
     differ = 1.0 - (1.0 - residue) ** 2 - same
     return np.argsort(-differ, kind="stable")
 
@@ -364,7 +415,10 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
     sooner, and each row's distances to ``_NEFF_PIVOTS`` pivot rows (:func:`_pivot_distances`)
     bound every pair's distance from below (triangle inequality), which rules out most pairs from
     different families before any column is read. On 200 clustered-search MSAs (79,340 rows) the
-    two cut the kernel's time from 9-10 s to 3.6-4 s (``docs/benchmarks.md``).
+    two cut the kernel's time from 9-10 s to 3.6-4 s (``docs/benchmarks.md``). The column order is
+    estimated on at most ``_ORDER_SAMPLE`` rows, and the column statistics, pivot distances and
+    per-chunk residue counts are compiled loops too (``storage/_neff_kernel.py``), so that almost
+    all of the work runs without the GIL.
     """
     if not rows:
         return 0.0
@@ -375,23 +429,19 @@ def neff_of_aligned(rows: Sequence[str], identity: float = 0.8) -> float:
         raise MSAError("aligned rows differ in length")
     if width == 0:
         return 1.0  # all rows are empty, hence equal: one cluster
-    from storage._neff_kernel import close_pairs_kernel  # numba: compiled (and cached) on first use
+    from storage._neff_kernel import chunk_residues, close_pairs_kernel  # numba, compiled and cached
 
     counts = Counter(rows)
     codes = _encode(list(counts))
-    codes = np.ascontiguousarray(codes[:, _difference_order(codes)])
     n_res = np.count_nonzero(codes, axis=1).astype(np.int64)
     order = np.argsort(n_res, kind="stable")
-    codes, n_res = np.ascontiguousarray(codes[order]), n_res[order]
+    codes = codes[np.ix_(order, _difference_order(codes))]  # rows by residue count, columns by order
+    n_res = n_res[order]
     mult = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[order]
-    gaps_255 = np.where(codes == 0, np.uint8(255), codes)  # ASCII residues are < 128
     n, width = codes.shape
     chunk = max(1, _NEFF_CHUNK)
     add_close_pairs = close_pairs_kernel(chunk)
-    n_chunks = -(-width // chunk)
-    per_chunk = np.add.reduceat((codes != 0).view(np.uint8), np.arange(0, width, chunk), axis=1, dtype=np.int64)
-    rest = np.zeros((n, n_chunks + 1), dtype=np.int64)  # residues from chunk k on
-    rest[:, :n_chunks] = np.cumsum(per_chunk[:, ::-1], axis=1)[:, ::-1]
+    gaps_255, rest = chunk_residues(codes, chunk)  # gaps as 255; residues from chunk k on
     row_block = max(1, _NEFF_ROW_BLOCK)
     pivots = _pivot_distances(codes, _NEFF_PIVOTS) if _NEFF_PIVOTS > 0 else np.zeros((n, 0), dtype=np.int32)
     max_dist = (1.0 - identity) / identity if identity > 0.0 and _NEFF_PIVOTS > 0 else -1.0

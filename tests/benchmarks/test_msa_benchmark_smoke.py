@@ -65,9 +65,11 @@ def test_msa_benchmark_smoke(tmp_path: Path) -> None:
     modules = t["b_diagnostic_v3"]["search_modules_s"]
     assert "iteration 1 prefilter" in modules and "iteration 3 align" in modules
     assert t["hit_sets_identical_across_repeats"] is True
+    lf = t["b_floor_longest_first"]  # (b'): the floor with the stage's query order, same hits
+    assert len(lf["runs"]) == 1 and lf["hits_equal_b"] is True
 
     r = res["ratios"]
-    for key in ("a_over_b_wall", "a_over_b_cpu", "c_over_a_wall", "c_over_a_cpu"):
+    for key in ("a_over_b_wall", "a_over_b_cpu", "c_over_a_wall", "c_over_a_cpu", "a_over_b_longest_first_wall"):
         assert r[key] > 0, key
     assert isinstance(res["targets"]["a_over_b_met"], bool) and isinstance(res["targets"]["c_over_a_met"], bool)
 

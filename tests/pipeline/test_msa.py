@@ -101,6 +101,37 @@ def test_mmseqs_hits_equal_direct_run(mmseqs_db, mmseqs_result, tmp_path):
     assert ours["sp|P07658|FDHF_ECOLI"] == set()
 
 
+def test_longest_first_order():
+    assert msa_mod.longest_first([("a", "MKV"), ("b", "MKVLA"), ("c", "MKVLC"), ("d", "M")]) == [1, 2, 0, 3]
+    assert msa_mod.longest_first([]) == []
+
+
+@needs_mmseqs
+def test_mmseqs_gets_queries_longest_first_and_results_map_back(mmseqs_db, monkeypatch):
+    """The query DB holds the longest query first; every A3M still comes back under its own id,
+    with its own sequence as the first row, equal to a search of that query alone."""
+    queries = sorted(read_fasta(QUERIES), key=lambda q: len(q[1]))  # as plan units hold them
+    assert len({len(s) for _, s in queries}) > 2
+    seen: list[list[str]] = []
+    real = msa_mod.run_tool
+
+    def spy(cmd, **kw):
+        if cmd[1] == "createdb":
+            seen.append([line for line in Path(cmd[2]).read_text().splitlines() if not line.startswith(">")])
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(msa_mod, "run_tool", spy)
+    params = MSAParams(tool="mmseqs2", **MMSEQS_TEST)
+    found = search_mmseqs(queries, mmseqs_db, params)
+    assert seen[0] == sorted((s for _, s in queries), key=len, reverse=True)
+    assert list(found) == [qid for qid, _ in queries]
+    for qid, seq in queries:
+        assert parse_a3m(found[qid]).rows[0] == seq
+    shortest, longest = queries[0], queries[-1]
+    assert search_mmseqs([longest], mmseqs_db, params)[longest[0]] == found[longest[0]]
+    assert search_mmseqs([shortest], mmseqs_db, params)[shortest[0]] == found[shortest[0]]
+
+
 @needs_mmseqs
 def test_mmseqs_a3m_first_row_is_the_query(mmseqs_result):
     found, _ = mmseqs_result

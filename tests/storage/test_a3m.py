@@ -109,6 +109,27 @@ def test_malformed_a3m_raises_clear_msa_error(text, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("names", "descriptions", "rows", "message"),
+    [
+        (("q", "a\nb"), ("", ""), ("MKV", "MKV"), "name 'a\\nb' must be non-empty"),
+        (("q", ""), ("", ""), ("MKV", "MKV"), "name '' must be non-empty"),
+        (("q", "h"), ("", "x\ry"), ("MKV", "MKV"), "description contains a line break"),
+        (("q", "h", "g"), ("", "", ""), ("MKV", "MKV\nMKV", "MKV"), "invalid characters ['\\n']"),
+        (("q", "h"), ("", ""), ("MKV", "MKÉ"), "invalid characters ['É']"),
+        (("q", "h"), ("", ""), ("MKV", "MKVa-"), "has 4 aligned columns"),
+    ],
+)
+def test_a3m_checks_every_record(names, descriptions, rows, message):
+    """Construction checks all records at once; the error still names the first bad one."""
+    with pytest.raises(MSAError) as info:
+        A3M(names=names, descriptions=descriptions, rows=rows)
+    assert message in str(info.value)
+    good = A3M(names=("q", *[f"h{i}" for i in range(200)]), descriptions=("",) * 201,
+               rows=("MKV", *["mK-aV"] * 200))
+    assert good.aligned() == ["MKV"] + ["K-V"] * 200
+
+
 def test_msa_error_is_a_foldatlas_error():
     from pipeline.errors import FoldAtlasError
 
