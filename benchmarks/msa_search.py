@@ -397,14 +397,14 @@ def run_floor(records: list[Any], db: Any, params: Any, settings: Settings, scra
     """The MMseqs2 commands by hand, queries in file order (``longest_first``: in the order the
     stage writes them, :func:`pipeline.msa.longest_first`)."""
     from pipeline.msa import _read_mmseqs_db
+    from pipeline.msa import longest_first as pipeline_longest_first
     from storage.a3m import parse_a3m
 
     tmp = Path(tempfile.mkdtemp(prefix="floor-", dir=scratch))
     try:
         fasta = tmp / "queries.fasta"
-        order = range(len(records))
-        if longest_first:
-            order = sorted(order, key=lambda i: -len(records[i].sequence))  # type: ignore[assignment]
+        order = (pipeline_longest_first([(r.accession, r.sequence) for r in records]) if longest_first
+                 else range(len(records)))
         fasta.write_text("".join(f">{i}\n{records[i].sequence}\n" for i in order))
         qdb, res, msa = str(tmp / "qdb"), str(tmp / "res"), str(tmp / "msa")
         t = str(settings.threads)

@@ -58,6 +58,7 @@ line in jackhmmer output) would come last instead of first.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -89,7 +90,6 @@ class MSAError(FoldAtlasError):
     """An MSA or MSA database is malformed, missing or does not match its query."""
 
 
-_DELETE_INSERTIONS = str.maketrans("", "", string.ascii_lowercase + ".")
 _ROW_OK = re.compile(r"[A-Za-z.\-]*")
 _QUERY_OK = re.compile(r"[A-Z]+")
 _NAME_OK = re.compile(r"\S+")
@@ -167,7 +167,7 @@ class A3M:
             if not _ROW_OK.fullmatch(row):
                 bad = sorted({c for c in row if not (c.isascii() and (c.isalpha() or c in "-."))})
                 raise MSAError(f"A3M row {i} ({self.names[i - 1]}): invalid characters {bad}")
-            aligned = len(row.translate(_DELETE_INSERTIONS))
+            aligned = len(row.encode("ascii").translate(None, _INSERTION_BYTES))
             if aligned != width:
                 raise MSAError(
                     f"A3M row {i} ({self.names[i - 1]}) has {aligned} aligned columns, the query has {width}",
@@ -341,10 +341,12 @@ def msa_neff(a3m: A3M, identity: float = 0.8) -> float:
     return neff_of_aligned(a3m.aligned(), identity)
 
 
+@functools.cache
 def warm_neff_kernels() -> None:
     """Load the compiled Neff kernels into this process (from numba's on-disk cache, or compile
     them on a first run), so that a later :func:`neff_of_aligned` starts at once. Callers run this
-    in a thread while something else (a search) keeps the process waiting."""
+    in a thread while something else (a search) keeps the process waiting; after the first call in
+    a process it returns at once."""
     neff_of_aligned(["A-", "AC"])
 
 
