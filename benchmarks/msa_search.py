@@ -325,6 +325,7 @@ def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> d
     k = max(1, settings.units_per_search)  # plan units per search call, as the MSA actor batches them
     units = [plan_units[i:i + k] for i in range(0, len(plan_units), k)]
     per_unit: list[dict[str, Any]] = []
+    unit_walls: list[float] = []  # unrounded: the sum of rounded walls can pass the rounded total
     a3m: dict[str, str] = {}
     stats: dict[str, Any] = {}
     steps: dict[str, float] = {}
@@ -349,6 +350,7 @@ def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> d
                 steps[name] = steps.get(name, 0.0) + s
                 if i == 0 and cmd:
                     commands.append(cmd)
+            unit_walls.append(c.wall)
             per_unit.append({"unit": i, "plan_units": len(group), "queries": len(seqs), "residues": residues,
                              **c.to_dict(),
                              "mmseqs_s": round(tools_s, 3),
@@ -356,7 +358,7 @@ def run_stage(records: list[Any], db: Any, params: Any, settings: Settings) -> d
                              "depth_neff_s": round(c.wall - search_s, 3)})
             _log("(a) search %d/%d: %d queries, %d residues, %.1f s", i + 1, len(units), len(seqs), residues,
                  c.wall)
-    unit_sum = sum(u["wall_s"] for u in per_unit)
+    unit_sum = sum(unit_walls)
     steps["stage python (A3M read-back in search)"] = sum(u["search_python_s"] for u in per_unit)
     steps["stage python (parse, depth, Neff in search_unit)"] = sum(u["depth_neff_s"] for u in per_unit)
     depths = [s.depth for s in stats.values()]
