@@ -189,8 +189,9 @@ class A3M:
         return joined.translate(None, _INSERTION_BYTES).decode("ascii").split("\n")
 
 
-def _split_header(header: str) -> tuple[str, str]:
-    m = _HEADER.match(header)
+def _split_header(line: str) -> tuple[str, str]:
+    """Name and description of a ``>`` header line."""
+    m = _HEADER.match(line, 1)
     assert m is not None  # the pattern matches any string
     return m.group(1), m.group(2)
 
@@ -227,7 +228,7 @@ def parse_a3m(text: str) -> A3M:
         if line.startswith(">"):
             if names:
                 rows.append("".join(chunks))
-            name, desc = _split_header(line[1:])
+            name, desc = _split_header(line)
             if not name:
                 raise MSAError(f"A3M line {lineno}: header without a name")
             names.append(name)
@@ -257,7 +258,7 @@ def _parse_one_line_records(lines: list[str], header_comment: str | None) -> A3M
     if (not lines or len(heads) != len(rows) or not all(h.startswith(">") for h in heads)
             or any(r.startswith(">") for r in rows)):
         return None
-    split = [_HEADER.match(h, 1).groups() for h in heads]  # type: ignore[union-attr]  # matches any string
+    split = [_split_header(h) for h in heads]
     try:
         return A3M(names=tuple(n for n, _ in split), descriptions=tuple(d for _, d in split), rows=tuple(rows),
                    header_comment=header_comment)
